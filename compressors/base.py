@@ -1,0 +1,146 @@
+"""The criterion base class and the rule that decides which parameters are prunable.
+
+A criterion is one class with a registered name and a :meth:`Compressor.compute` method returning one
+score tensor per prunable parameter, where **a higher score means the weight is kept**.  Criteria whose
+paper removes the *largest* value of a saliency (GraSP) return its negation and say so.  The base class
+takes care of what every criterion must guarantee: options are validated, the model's parameters,
+buffers, ``.grad`` fields, ``requires_grad`` flags and train/eval mode are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from utils.typed import NoOptions, parse_strict
+
+Scores = dict[str, torch.Tensor]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """Module name of the final classifier: the last ``nn.Linear`` in registration order."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return last
+
+
+def prunable_names(model: nn.Module, *, include_classifier: bool = False, include_biases: bool = False) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the prunable parameters.
+
+    Chosen by module type, never by substrings of names: the weights of Conv and Linear layers; the
+    final classifier (last Linear) and biases only when asked; normalisation layers never.
+    """
+    skip = None if include_classifier else classifier_name(model)
+    names = []
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_TYPES) or mod_name == skip:
+            continue
+        prefix = f"{mod_name}." if mod_name else ""
+        if getattr(module, "weight", None) is not None:
+            names.append(prefix + "weight")
+        if include_biases and getattr(module, "bias", None) is not None:
+            names.append(prefix + "bias")
+    params = dict(model.named_parameters())
+    return [n for n in names if n in params]  # shared (tied) parameters appear once, under their first name
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Restore parameters, buffers, grads, requires_grad and train/eval modes on exit."""
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: (None if p.grad is None else p.grad.detach().clone()) for n, p in model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    modes = {n: m.training for n, m in model.named_modules()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(params[n])
+                p.requires_grad_(flags[n])
+                p.grad = grads[n]
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+        for n, m in model.named_modules():
+            m.training = modes[n]
+
+
+class Compressor:
+    """Base class of pruning criteria.
+
+    Subclasses set ``Options`` (a dataclass built with :func:`utils.typed.option`, validated like every
+    config field) and implement :meth:`compute`.  Class attributes:
+
+    - ``needs_data``: False for data-free criteria (magnitude, random, synflow);
+    - ``prunes``: False only for the dense baseline ``none``;
+    - ``iterative``: True when the scores depend on the target sparsity (``score(..., sparsity=s)``).
+    """
+
+    Options: ClassVar[type] = NoOptions
+    needs_data: ClassVar[bool] = True
+    prunes: ClassVar[bool] = True
+    iterative: ClassVar[bool] = False
+    registered_name: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = parse_strict(self.Options, options, "options")
+
+    @property
+    def name(self) -> str:
+        return self.registered_name or type(self).__name__
+
+    def options_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+    def score(
+        self,
+        model: nn.Module,
+        mask_loader: Iterable | None = None,
+        loss_fn: nn.Module | None = None,
+        *,
+        sparsity: float | None = None,
+        params: Sequence[str] | None = None,
+    ) -> Scores:
+        """Score the prunable parameters of ``model``: ``{param_name: tensor shaped like the param}``.
+
+        ``mask_loader`` yields ``(inputs, targets)`` batches (the mask data); ``loss_fn`` maps
+        ``(logits, targets)`` to the mean loss.  ``params`` overrides which parameters are scored
+        (default :func:`prunable_names`).  The model is left exactly as it was.
+        """
+        if self.needs_data and (mask_loader is None or loss_fn is None):
+            raise ValueError(f"criterion '{self.name}' needs mask data: pass mask_loader and loss_fn")
+        if self.iterative and sparsity is None:
+            raise ValueError(f"criterion '{self.name}' is iterative: pass the target sparsity=")
+        names = list(params) if params is not None else prunable_names(model)
+        all_params = dict(model.named_parameters())
+        missing = [n for n in names if n not in all_params]
+        if missing:
+            raise KeyError(f"not parameters of the model: {missing}")
+        with preserved_state(model):
+            scores = self.compute(model, names, mask_loader, loss_fn, sparsity)
+        return {n: scores[n].detach().to(all_params[n].device) for n in names}
+
+    def compute(
+        self,
+        model: nn.Module,
+        names: list[str],
+        mask_loader: Iterable | None,
+        loss_fn: nn.Module | None,
+        sparsity: float | None,
+    ) -> Scores:  # pragma: no cover - abstract
+        raise NotImplementedError("abstract: subclasses implement compute()")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")

@@ -1,0 +1,78 @@
+"""Scores -> binary masks.  One function for every criterion: global or per-layer exact top-k.
+
+``select`` keeps exactly ``round((1 - sparsity) * N)`` entries (N = all scored entries for ``global``,
+each tensor's size for ``layer``).  Ties are broken deterministically by position (the flattened
+order of ``scores`` as given), never by the sort algorithm.  NaN scores rank lowest.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Scores = dict[str, torch.Tensor]
+
+
+def kept_count(n: int, sparsity: float) -> int:
+    """Number of entries kept out of ``n`` at ``sparsity``: round((1 - sparsity) * n)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    return int(round((1.0 - sparsity) * n))
+
+
+def _topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """0/1 mask keeping the k largest entries of ``flat``; ties go to the lower index."""
+    n = flat.numel()
+    mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if k <= 0:
+        return mask
+    if k >= n:
+        return ~mask
+    values = torch.nan_to_num(flat.double(), nan=float("-inf"))
+    # stable sort on descending values keeps the original (lower-index-first) order among equal scores
+    order = torch.sort(values, descending=True, stable=True).indices
+    mask[order[:k]] = True
+    return mask
+
+
+def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = "global") -> Scores:
+    """Keep the top (1 - sparsity) fraction of the scores: ``{name: 0/1 float tensor}``.
+
+    ``global``: one threshold over all tensors together; ``layer``: the same fraction of every tensor.
+    """
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if not scores:
+        return {}
+    if scope == "layer":
+        return {
+            name: _topk_mask(s.reshape(-1), kept_count(s.numel(), sparsity)).reshape(s.shape).float()
+            for name, s in scores.items()
+        }
+    names = list(scores)
+    device = next(iter(scores.values())).device
+    flat = torch.cat([scores[n].reshape(-1).to(device, torch.float64) for n in names])
+    keep = _topk_mask(flat, kept_count(flat.numel(), sparsity))
+    masks, offset = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        masks[n] = keep[offset:offset + size].reshape(scores[n].shape).float()
+        offset += size
+    return masks
+
+
+def density(masks: Scores) -> dict[str, float]:
+    """Fraction of kept weights per tensor."""
+    return {n: float(m.sum().item()) / max(m.numel(), 1) for n, m in masks.items()}
+
+
+def global_sparsity(masks: Scores) -> float:
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(float(m.sum().item()) for m in masks.values())
+    return 1.0 - kept / total if total else 0.0
+
+
+def collapsed_layers(masks: Scores) -> list[str]:
+    """Tensors left with no weight at all (layer collapse)."""
+    return [n for n, m in masks.items() if m.numel() > 0 and not bool(m.any())]

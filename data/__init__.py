@@ -1,0 +1,33 @@
+"""Datasets: a registry of :class:`data.base.DatasetSource` classes, one module per dataset family.
+
+``data.get(name)`` returns the class; ``data.build_loaders(cfg, compressor_cfg, seed)`` builds the
+train / val / test / mask loaders for a run.
+"""
+
+from __future__ import annotations
+
+from data.base import DataSplits, DatasetSource
+from utils.registry import Registry, import_submodules
+
+REGISTRY: Registry[type[DatasetSource]] = Registry("dataset")
+register = REGISTRY.register
+
+
+def discover() -> list[str]:
+    return import_submodules(__name__, __path__)
+
+
+def get(name: str) -> type[DatasetSource]:
+    discover()
+    return REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    discover()
+    return REGISTRY.names()
+
+
+from data.loaders import Loaders, build_loaders, mask_indices  # noqa: E402
+
+__all__ = ["REGISTRY", "register", "get", "names", "discover", "DatasetSource", "DataSplits", "Loaders",
+           "build_loaders", "mask_indices"]

@@ -1,0 +1,50 @@
+"""What a dataset provides: train (augmented), train_eval (same samples, eval transform), test, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from utils.typed import NoOptions, parse_strict
+
+
+@dataclass
+class DataSplits:
+    """The pieces every dataset hands to the loader builder.
+
+    ``train`` and ``train_eval`` index the same samples (the first with training augmentation, the
+    second with the evaluation transform, used for held-out validation and mask data);
+    ``train_targets`` are their labels, used for stratified splits and per-class mask sampling.
+    """
+
+    train: Dataset
+    train_eval: Dataset
+    test: Dataset
+    train_targets: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    classes: Optional[list[str]] = None
+
+
+class DatasetSource:
+    """Base class of registered datasets.
+
+    Subclasses set ``Options`` (a dataclass of dataset-specific options, validated from
+    ``dataset.options``), the class attributes ``num_classes`` and ``input_shape`` when they are known
+    without reading data (used by ``validate`` to build the model), and implement :meth:`load`.
+    """
+
+    Options: ClassVar[type] = NoOptions
+    num_classes: ClassVar[Optional[int]] = None
+    input_shape: ClassVar[Optional[tuple[int, ...]]] = None
+
+    def __init__(self, root: str = "./datasets", download: bool = True, **options: Any) -> None:
+        self.root = root
+        self.download = download
+        self.options = parse_strict(self.Options, options, "dataset.options")
+
+    def load(self) -> DataSplits:  # pragma: no cover - abstract
+        raise NotImplementedError("abstract: subclasses implement load()")

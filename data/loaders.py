@@ -1,0 +1,122 @@
+"""Loaders for one run: train (reshuffled every epoch, seeded), val, test and the mask data.
+
+- ``train4val``: a seeded, stratified ``val_fraction`` of the training set becomes the validation set
+  (evaluation transform); otherwise validation uses the test set, as the official code does.
+- Mask data: ``per_class_samples`` training samples of each class (evaluation transform), chosen
+  with the run seed only, so every criterion of one seed scores the same samples; their order is
+  shuffled with the same seed and split into batches of ``compressor.batch_size``.
+- Training order: epoch ``e`` is shuffled with a generator seeded from (seed, e), so a resumed run
+  sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from data.base import DataSplits
+from utils.seeding import derive_seed
+
+
+class EpochShuffler(Sampler[int]):
+    """Random permutation per epoch from a generator seeded by (seed, epoch); call set_epoch(e)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", self.epoch))
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    mask: DataLoader
+    num_classes: int
+    input_shape: tuple[int, ...]
+    mask_indices: list[int]
+    val_is_test: bool
+    seed: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the shuffling (and worker seeds) of training epoch ``epoch``."""
+        self.train.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        if self.train.generator is not None:
+            self.train.generator.manual_seed(derive_seed(self.seed, "workers", epoch))
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, held_out) index arrays; ``fraction`` of every class held out, chosen with ``seed``."""
+    rng = np.random.default_rng(derive_seed(seed, "train4val"))
+    keep, held = [], []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        rng.shuffle(idx)
+        n_held = int(round(fraction * len(idx)))
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def mask_indices(targets: np.ndarray, per_class: int, seed: int, pool: Optional[np.ndarray] = None) -> list[int]:
+    """``per_class`` indices of every class from ``pool`` (default: all), chosen and ordered by ``seed``."""
+    pool = np.arange(len(targets)) if pool is None else np.asarray(pool)
+    rng = np.random.default_rng(derive_seed(seed, "mask-data"))
+    chosen = []
+    for c in np.unique(targets[pool]):
+        idx = pool[targets[pool] == c]
+        if len(idx) < per_class:
+            raise ValueError(f"compressor.per_class_samples={per_class} but class {c} has only {len(idx)} "
+                             f"training samples; valid: 1..{len(idx)}")
+        chosen.append(rng.choice(idx, size=per_class, replace=False))
+    order = np.concatenate(chosen)
+    rng.shuffle(order)
+    return [int(i) for i in order]
+
+
+def build_loaders(
+    splits: DataSplits,
+    *,
+    batch_size: int,
+    eval_batch_size: Optional[int] = None,
+    num_workers: int = 0,
+    train4val: bool = False,
+    val_fraction: float = 0.2,
+    mask_batch_size: int = 1,
+    per_class_samples: int = 10,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> Loaders:
+    """Build the four loaders of a run from a dataset's splits (see the module docstring)."""
+    targets = np.asarray(splits.train_targets)
+    if train4val:
+        train_idx, val_idx = stratified_split(targets, val_fraction, seed)
+        train_set: Dataset = Subset(splits.train, train_idx.tolist())
+        val_set: Dataset = Subset(splits.train_eval, val_idx.tolist())
+    else:
+        train_idx = np.arange(len(targets))
+        train_set, val_set = splits.train, splits.test
+    mask_idx = mask_indices(targets, per_class_samples, seed, pool=train_idx)
+    eval_bs = eval_batch_size or batch_size
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "workers", 0))
+    train = DataLoader(train_set, batch_size=batch_size, sampler=EpochShuffler(len(train_set), seed),
+                       drop_last=False, generator=gen, **common)
+    val = DataLoader(val_set, batch_size=eval_bs, shuffle=False, **common)
+    test = DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common)
+    mask = DataLoader(Subset(splits.train_eval, mask_idx), batch_size=mask_batch_size, shuffle=False)
+    return Loaders(train=train, val=val, test=test, mask=mask, num_classes=splits.num_classes,
+                   input_shape=splits.input_shape, mask_indices=mask_idx, val_is_test=not train4val, seed=seed)

@@ -1,0 +1,1 @@
+"""Small shared pieces: typed configs, registries, seeding, atomic I/O, the run store."""

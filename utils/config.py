@@ -1,0 +1,165 @@
+"""The experiment config: typed dataclasses mirroring the official repository's JSON layout.
+
+``load_config(path)`` parses and validates one JSON file and raises :class:`ConfigError` listing every
+problem (file, JSON path, what is valid).  Names of datasets, models, criteria and trainers are only
+checked for shape here; :mod:`utils.resolve` checks them against the registries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from utils.typed import ConfigError, Problem, option, parse_collect, to_dict
+
+
+@dataclass
+class GPUConfig:
+    ngpus: int = option(1, "number of GPUs to use; 0 runs on the CPU", min=0)
+    gpu_id: int = option(0, "CUDA device index used when ngpus >= 1", min=0)
+
+
+@dataclass
+class GeneralConfig:
+    id: str = option("", "experiment name shown in summaries (default: the config file's name)")
+    experiment: str = option("pbt", "registered trainer (pipeline); 'pbt' = prune before training")
+    seed: int = option(0, "run seed: model init, data order, mask-data sampling", min=0)
+    output_dir: Optional[str] = option(None, "results root for this config (the --results flag overrides it)")
+    gpu: GPUConfig = option(factory=GPUConfig, help="device selection")
+    description: str = option("", "free text, not used")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms(True) (slower on GPU)")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = option("digits", "registered dataset", key="class")
+    root: str = option("./datasets", "where datasets are stored / downloaded")
+    download: bool = option(True, "download the dataset when it is missing (where the dataset supports it)")
+    batch_size: int = option(128, "training batch size", min=1)
+    eval_batch_size: Optional[int] = option(None, "batch size for validation/test (default: batch_size)", min=1)
+    num_workers: int = option(0, "DataLoader worker processes", min=0)
+    train4val: bool = option(False, "hold out a seeded, stratified part of train as validation (else validate on test)")
+    val_fraction: float = option(0.2, "fraction of train held out when train4val is true", min=0, max=1,
+                                 min_exclusive=True, max_exclusive=True)
+    options: dict[str, Any] = option(factory=dict, help="dataset-specific options (see the dataset's docs)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("digits_cnn", "registered model", key="class")
+    num_classes: Optional[int] = option(None, "output classes (default: from the dataset)", min=1)
+    options: dict[str, Any] = option(factory=dict, help="model-specific keyword arguments")
+
+
+@dataclass
+class LossKwargs:
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", min=0, max=1, max_exclusive=True)
+
+
+@dataclass
+class LossConfig:
+    name: Literal["CE"] = option("CE", "training loss: CE (cross-entropy)", key="class")
+    kwargs: LossKwargs = option(factory=LossKwargs, help="loss options")
+
+
+@dataclass
+class OptimizerKwargs:
+    momentum: float = option(0.9, "SGD momentum", min=0, max=1, max_exclusive=True)
+    nesterov: bool = option(False, "Nesterov momentum (SGD)")
+    w_decay: float = option(0.0, "weight decay (L2 for SGD, decoupled for AdamW)", min=0)
+    betas: list[float] = option(factory=lambda: [0.9, 0.999], help="Adam betas", min=0, max=1,
+                                max_exclusive=True)
+    scheduler: Literal["none", "step", "cosine"] = option("none", "learning-rate schedule per epoch")
+    lr_drops: list[int] = option(factory=list, help="epochs at which 'step' multiplies the lr by lr_drop_factor",
+                                 min=1)
+    lr_drop_factor: float = option(0.1, "multiplier of the 'step' schedule", min=0, max=1, min_exclusive=True)
+    warmup_epochs: int = option(0, "linear learning-rate warm-up epochs before the schedule", min=0)
+
+    def check(self, path: str, problems: list[Problem]) -> None:
+        if self.lr_drops != sorted(set(self.lr_drops)):
+            problems.append(Problem(f"{path}.lr_drops", f"must be strictly increasing, got {self.lr_drops}"))
+        if len(self.betas) != 2:
+            problems.append(Problem(f"{path}.betas", f"expected two numbers, got {self.betas}"))
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["sgd", "adamw", "adam"] = option("sgd", "optimizer", key="class")
+    learning_rate: float = option(0.1, "initial learning rate", min=0, min_exclusive=True)
+    kwargs: OptimizerKwargs = option(factory=OptimizerKwargs, help="optimizer and schedule options")
+
+
+@dataclass
+class CompressorConfig:
+    name: str = option("none", "registered pruning criterion ('none' = dense)", key="class")
+    mask: Literal["global", "layer"] = option("global", "one threshold over all prunable weights, or per tensor")
+    sparsity: float = option(0.0, "fraction of prunable weights removed", min=0, max=1, max_exclusive=True)
+    warmup: int = option(0, "BN-statistics passes over the training data before scoring", min=0)
+    batch_size: int = option(1, "mask-data batch size", min=1)
+    per_class_samples: int = option(10, "mask-data samples drawn per class from the training set", min=1)
+    prune_classifier: bool = option(False, "also prune the final Linear layer's weight")
+    prune_biases: bool = option(False, "also prune biases of Conv/Linear layers")
+    options: dict[str, Any] = option(factory=dict, help="criterion-specific options (validated by the criterion)")
+
+
+@dataclass
+class TrainingConfig:
+    num_steps: int = option(10, "training epochs", min=0)
+    local_epochs: int = option(0, "accepted for compatibility with the official configs; unused", min=0)
+    grad_clip: Optional[float] = option(None, "clip the gradient norm to this value", min=0, min_exclusive=True)
+    criterion: LossConfig = option(factory=LossConfig, help="training loss")
+    optimizer: OptimizerConfig = option(factory=OptimizerConfig, help="optimizer")
+    compressor: CompressorConfig = option(factory=CompressorConfig, help="pruning criterion and mask")
+
+
+@dataclass
+class ValidationConfig:
+    metric: Literal["acc", "f1", "loss"] = option("acc", "metric that selects the best-validation model")
+    frequency: int = option(1, "validate every this many epochs (and after the last)", min=1)
+
+
+@dataclass
+class ExperimentConfig:
+    general: GeneralConfig = option(factory=GeneralConfig, help="run identity")
+    dataset: DatasetConfig = option(factory=DatasetConfig, help="data")
+    model: ModelConfig = option(factory=ModelConfig, help="network")
+    training: TrainingConfig = option(factory=TrainingConfig, help="training and pruning")
+    validation: ValidationConfig = option(factory=ValidationConfig, help="model selection")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file; a syntax error becomes a ConfigError naming line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem("", f"cannot read file: {exc.strerror}", str(path))]) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError([Problem("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                                   str(path))]) from None
+
+
+def parse_config(data: Any, file: str | None = None) -> tuple[ExperimentConfig | None, list[Problem]]:
+    """Parse a config dict; returns the config (None if unusable) and every problem found."""
+    problems: list[Problem] = []
+    cfg = parse_collect(ExperimentConfig, data, "", problems)
+    problems = [Problem(p.path, p.message, file) for p in problems]
+    return cfg, problems
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Load and validate one JSON config file (shape and ranges; registries are checked elsewhere)."""
+    data = read_json(path)
+    cfg, problems = parse_config(data, str(path))
+    if problems or cfg is None:
+        raise ConfigError(problems)
+    if not cfg.general.id:
+        cfg.general.id = Path(path).stem
+    return cfg

@@ -1,0 +1,113 @@
+"""Name -> class registries filled by decorators (one per concern: data, models, compressors, trainers).
+
+Names are matched case-insensitively; an unknown name raises :class:`UnknownName` listing the valid
+names and the closest match.  A dotted path ``"package.module:ClassName"`` loads a class from outside
+the repository without registering it, so users can keep their own criteria in their own packages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from typing import Callable, Generic, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownName(KeyError):
+    """Raised for a name that is not registered; the message lists the valid names."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
+        return self.message
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest candidate, or an empty string."""
+    pool = list(candidates)
+    lowered = {c.lower(): c for c in pool}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
+
+
+class Registry(Generic[T]):
+    """A case-insensitive registry of classes (or factories) under one or more names each."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+        self._display: dict[str, str] = {}
+
+    def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+        """Decorator: ``@REGISTRY.register("snip")`` registers the class under that name (and aliases)."""
+
+        def decorator(obj: T) -> T:
+            for n in (name, *aliases):
+                key = n.lower()
+                if key in self._entries and self._entries[key] is not obj:
+                    raise ValueError(f"{self.kind} name '{n}' is already registered to {self._entries[key]!r}")
+                self._entries[key] = obj
+                self._display[key] = n
+            if hasattr(obj, "__dict__") and "registered_name" not in vars(obj):
+                try:
+                    obj.registered_name = name  # type: ignore[attr-defined]
+                except (AttributeError, TypeError):
+                    pass
+            return obj
+
+        return decorator
+
+    def names(self) -> list[str]:
+        """All registered names (including aliases), sorted, as they were registered."""
+        return sorted(self._display.values(), key=str.lower)
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._entries or ":" in name
+
+    def get(self, name: str) -> T:
+        """Look a name up (case-insensitively) or load ``module.path:Attr``; raise UnknownName otherwise."""
+        if not isinstance(name, str) or not name:
+            raise UnknownName(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if ":" in name:
+            return self._load_dotted(name)
+        key = name.lower()
+        if key not in self._entries:
+            raise UnknownName(
+                f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}; "
+                f"valid: {', '.join(self.names())}, or 'package.module:ClassName'"
+            )
+        return self._entries[key]
+
+    def canonical(self, name: str) -> str:
+        """The name an entry was registered under first (used in folder names and reports)."""
+        obj = self.get(name)
+        return getattr(obj, "registered_name", name) if ":" not in name else name
+
+    def _load_dotted(self, path: str) -> T:
+        module_name, _, attr = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnknownName(f"cannot import module '{module_name}' for {self.kind} '{path}': {exc}") from exc
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            raise UnknownName(f"module '{module_name}' has no attribute '{attr}' ({self.kind} '{path}')") from None
+
+
+def import_submodules(package_name: str, package_path: Iterable[str]) -> list[str]:
+    """Import every module of a package so that their decorators register themselves.
+
+    Modules whose name starts with an underscore are skipped.  Returns the imported module names.
+    """
+    imported = []
+    for info in sorted(pkgutil.iter_modules(list(package_path)), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        importlib.import_module(f"{package_name}.{info.name}")
+        imported.append(info.name)
+    return imported
