@@ -91,7 +91,7 @@ def run_config(path: Path, *, results: str | Path | None = None, force: bool = F
     root = results_root(cfg, results)
     shutil.rmtree(_invalid_dir(root, path), ignore_errors=True)
     resolved = cfg.to_dict()
-    store = RunStore(run_dir(root, resolved))
+    store = RunStore(run_dir(root, resolved), cache_dir=root / "score_cache")
     outcome = RunOutcome(str(path), "completed", str(store.path), cfg.training.compressor.name,
                          cfg.training.compressor.sparsity, cfg.general.seed)
     status = store.status()

@@ -58,8 +58,10 @@ def run_dir(root: str | Path, resolved: dict[str, Any]) -> Path:
 class RunStore:
     """Reads and writes the files of one run folder (atomically)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:
         self.path = Path(path)
+        # shared folder for results reusable across runs of one results root (e.g. cached scores)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
     def file(self, name: str) -> Path:
         return self.path / name
