@@ -126,6 +126,8 @@ class Compressor:
         if missing:
             raise KeyError(f"not parameters of the model: {missing}")
         with preserved_state(model):
+            for n in names:  # frozen parameters can still be scored; the flags are restored on exit
+                all_params[n].requires_grad_(True)
             scores = self.compute(model, names, mask_loader, loss_fn, sparsity)
         return {n: scores[n].detach().to(all_params[n].device) for n in names}
 

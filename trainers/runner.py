@@ -42,6 +42,7 @@ class RunOutcome:
     seed: int | None = None
     test_acc: float | None = None
     best_val_test_acc: float | None = None
+    collapsed_layers: int | None = None
     seconds: float = 0.0
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -98,8 +99,7 @@ def run_config(path: Path, *, results: str | Path | None = None, force: bool = F
     if store.is_completed() and not force:
         results_json = store.read("results.json")
         outcome.status = "skipped"
-        outcome.test_acc = results_json.get("final_test_acc")
-        outcome.best_val_test_acc = results_json.get("best_val_test_acc")
+        _fill_results(outcome, results_json)
         return outcome
     if force or (status and status.get("status") == "failed"):
         shutil.rmtree(store.path, ignore_errors=True)  # start over: nothing stale survives
@@ -127,9 +127,14 @@ def run_config(path: Path, *, results: str | Path | None = None, force: bool = F
         return outcome
     outcome.seconds = time.perf_counter() - tic
     store.set_status("completed", seconds=outcome.seconds, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    _fill_results(outcome, res)
+    return outcome
+
+
+def _fill_results(outcome: RunOutcome, res: dict[str, Any]) -> None:
     outcome.test_acc = res.get("final_test_acc")
     outcome.best_val_test_acc = res.get("best_val_test_acc")
-    return outcome
+    outcome.collapsed_layers = len(res.get("layer_collapse") or [])
 
 
 def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None, force: bool = False,
@@ -161,13 +166,15 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
 
 def summary_table(outcomes: list[RunOutcome]) -> str:
     """The end-of-batch table: one line per config."""
-    head = ("config", "status", "criterion", "sparsity", "seed", "test_acc", "best_val_test_acc", "time_s")
+    head = ("config", "status", "criterion", "sparsity", "seed", "test_acc", "best_val_test_acc",
+            "collapsed_layers", "time_s")
     rows = []
     for o in outcomes:
         fmt = (lambda v: "-" if v is None else f"{v:.4f}")
         rows.append((Path(o.config).name, o.status, o.criterion or "-",
                      "-" if o.sparsity is None else f"{o.sparsity:g}", "-" if o.seed is None else str(o.seed),
-                     fmt(o.test_acc), fmt(o.best_val_test_acc), f"{o.seconds:.1f}"))
+                     fmt(o.test_acc), fmt(o.best_val_test_acc),
+                     "-" if o.collapsed_layers is None else str(o.collapsed_layers), f"{o.seconds:.1f}"))
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
     out = [line, "-" * len(line)] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

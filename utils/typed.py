@@ -43,8 +43,6 @@ class ConfigError(ValueError):
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 
-    def with_file(self, file: str) -> "ConfigError":
-        return ConfigError([dataclasses.replace(p, file=p.file or file) for p in self.problems])
 
 
 def option(
@@ -230,7 +228,7 @@ def parse(cls: type, data: Any, path: str, problems: list[Problem]) -> Any:
                 pass
         if f.default is _MISSING and f.default_factory is _MISSING:  # type: ignore[misc]
             if key not in data:
-                problems.append(Problem(fpath, f"required field is missing ({f.metadata.get('help', '')})".rstrip(" ()")))
+                problems.append(Problem(fpath, f"required field is missing: {f.metadata.get('help', '')}"))
             required_missing = True
     if required_missing:
         raise _Invalid

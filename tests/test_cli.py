@@ -1,0 +1,149 @@
+"""The command line and batches: validate, run, skip / rerun / force, failures recorded, official form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from main import main
+from utils.io import load_torch, save_torch, write_json
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+            for p in sorted(folder.glob("*.json"))}
+
+
+def test_validate_reports_every_problem_and_sets_the_exit_code(make_config, capsys) -> None:
+    good = make_config("good")
+    make_config("bad", **{"training.compressor.sparsity": 1.5, "model.class": "resnet19",
+                          "training.compressor.class": "hutch_diagonal"})
+    assert main(["validate", str(good)]) == 0
+    assert main(["validate", str(good.parent)]) == 1
+    out = capsys.readouterr().out
+    assert "OK       " + str(good) in out
+    bad = str(good.parent / "bad.json")
+    assert f"{bad}: training.compressor.sparsity: value 1.5 is out of range; valid: [0, 1)" in out
+    assert "1 valid, 1 invalid" in out
+
+
+def test_validate_resolves_names_in_registries(make_config, capsys) -> None:
+    bad = make_config("bad", **{"model.class": "resnet19", "training.compressor.class": "snipp"})
+    assert main(["validate", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "model.class: unknown model 'resnet19' (did you mean 'resnet18'?)" in out
+    assert "training.compressor.class: unknown compressor 'snipp' (did you mean 'snip'?)" in out
+
+
+def test_batch_with_a_broken_config_completes_the_others_and_reruns_skip(make_config, tmp_path: Path,
+                                                                         capsys) -> None:
+    good = make_config("a_good", **{"training.num_steps": 2})
+    make_config("b_broken", **{"dataset.batch_sise": 64})
+    make_config("c_crash", **{"training.compressor.per_class_samples": 10_000})  # fails at run time
+    configs = good.parent
+    before = _digest(configs)
+    results = tmp_path / "results"
+    assert main(["run", str(configs), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "a_good.json" in out and "completed" in out
+    assert "FAILED: " in out and "dataset.batch_sise: unknown key (did you mean 'batch_size'?)" in out
+    statuses = {json.loads(p.read_text())["config_file"]: json.loads(p.read_text())
+                for p in results.rglob("status.json")}
+    assert statuses[str(good)]["status"] == "completed"
+    broken = statuses[str(configs / "b_broken.json")]
+    assert broken["status"] == "failed" and "dataset.batch_sise" in broken["problems"][0]
+    crash = statuses[str(configs / "c_crash.json")]
+    assert crash["status"] == "failed" and "per_class_samples=10000" in crash["reason"]
+    assert "Traceback" in crash["traceback"]
+    assert _digest(configs) == before  # the user's files are never modified or moved
+
+    # rerun: the completed run is skipped, the failed ones are tried again
+    assert main(["run", str(configs), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    assert "already completed" in out and "skipped" in out
+    batches = sorted((results / "batches").glob("*.json"))
+    assert batches and json.loads(batches[-1].read_text())[0]["status"] == "skipped"
+
+
+def test_failed_run_is_rerun_and_force_reruns_completed(make_config, tmp_path: Path, capsys) -> None:
+    cfg = make_config(**{"training.num_steps": 1})
+    results = tmp_path / "r"
+    assert main(["run", str(cfg), "--results", str(results)]) == 0
+    (status_file,) = results.rglob("status.json")
+    status = json.loads(status_file.read_text())
+    write_json(status_file, {**status, "status": "failed", "reason": "simulated"})
+    assert main(["run", str(cfg), "--results", str(results)]) == 0
+    assert json.loads(status_file.read_text())["status"] == "completed"
+    assert "skipped" not in capsys.readouterr().out.split("config ")[-1].split("\n")[2]
+    assert main(["run", str(cfg), "--results", str(results)]) == 0
+    assert "already completed" in capsys.readouterr().out
+    assert main(["run", str(cfg), "--results", str(results), "--force"]) == 0
+    assert "already completed" not in capsys.readouterr().out
+
+
+def test_official_command_line_and_output_dir(make_config, tmp_path: Path, monkeypatch) -> None:
+    cfg = make_config(**{"training.num_steps": 1, "general.output_dir": str(tmp_path / "outputs")})
+    assert main(["--experiment", "pbt", "--params_path", str(cfg.parent)]) == 0
+    assert list((tmp_path / "outputs" / "pbt" / "digits" / "digits_cnn" / "snip" / "0.8").glob("seed_0-*"))
+    assert main(["--experiment", "irp", "--params_path", str(cfg.parent)]) == 2  # disagrees with the config
+
+
+def test_end_to_end_records_everything_and_dense_beats_chance(make_config, tmp_path: Path) -> None:
+    dense = make_config("dense", **{"training.num_steps": 6, "training.compressor.class": "none",
+                                    "training.compressor.sparsity": 0.0, "model.options": {"width": 16}})
+    results = tmp_path / "res"
+    assert main(["run", str(dense), "--results", str(results)]) == 0
+    (run,) = (results / "pbt" / "digits" / "digits_cnn" / "none" / "dense").iterdir()
+    files = {p.name for p in run.iterdir()}
+    assert {"config.json", "status.json", "environment.json", "history.json", "history.csv", "results.json",
+            "mask.pt", "checkpoint.pt", "final_model.pt"} <= files
+    res = json.loads((run / "results.json").read_text())
+    assert res["final_test_acc"] > 0.8 and res["best_val_test_acc"] > 0.8  # chance is 0.1
+    for key in ("final_test_loss", "final_test_precision", "final_test_recall", "final_test_f1",
+                "best_val_test_f1", "warmup_seconds", "scoring_seconds", "achieved_sparsity", "layer_density",
+                "layer_collapse", "epoch_seconds"):
+        assert key in res
+    assert res["achieved_sparsity"] == 0.0 and len(res["epoch_seconds"]) == 6
+    env = json.loads((run / "environment.json").read_text())
+    assert env["packages"]["torch"] and env["device"].startswith("cpu")
+    assert json.loads((run / "config.json").read_text())["training"]["compressor"]["class"] == "none"
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 7)) and "val_acc" in history[0]
+
+
+def test_pruned_run_records_sparsity_density_and_mask(make_config, tmp_path: Path) -> None:
+    cfg = make_config(**{"training.num_steps": 1, "training.compressor.sparsity": 0.9})
+    assert main(["run", str(cfg), "--results", str(tmp_path)]) == 0
+    (run,) = tmp_path.glob("pbt/digits/digits_cnn/snip/0.9/*")
+    res = json.loads((run / "results.json").read_text())
+    mask = load_torch(run / "mask.pt")
+    n = sum(m.numel() for m in mask.values())
+    assert res["prunable_parameters"] == n and res["kept_parameters"] == round(0.1 * n)
+    assert res["achieved_sparsity"] == pytest.approx(0.9, abs=1 / n)
+    assert set(res["layer_density"]) == set(mask) == {"0.weight", "3.weight", "7.weight"}
+    final = load_torch(run / "final_model.pt")
+    for name, m in mask.items():
+        assert torch.count_nonzero(final[name][~m]) == 0
+
+
+def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "state.pt"
+    save_torch(target, {"epoch": 1})
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        save_torch(target, {"epoch": 2, "x": Boom()})
+    assert load_torch(target) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp file left behind
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["run", str(tmp_path / "nope")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""Config parsing and validation: defaults, unknown keys, ranges, every problem reported at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from utils.config import ExperimentConfig, load_config, parse_config
+from utils.resolve import resolve
+from utils.typed import ConfigError, describe_fields
+
+OFFICIAL = Path(__file__).resolve().parent.parent / "exp_configs" / "official" / "exp_hts.json"
+
+
+def test_official_layout_parses_with_defaults_filled() -> None:
+    cfg = load_config(OFFICIAL)
+    assert cfg.general.id == "exp_hts" and cfg.general.output_dir == "./outputs"
+    assert cfg.dataset.name == "cifar10" and cfg.dataset.batch_size == 512 and cfg.dataset.train4val is False
+    assert cfg.training.num_steps == 160
+    assert cfg.training.optimizer.kwargs.lr_drops == [80, 120]
+    assert cfg.training.optimizer.kwargs.lr_drop_factor == pytest.approx(0.2)
+    comp = cfg.training.compressor
+    assert (comp.name, comp.mask, comp.sparsity, comp.batch_size, comp.per_class_samples) == ("hts", "global", 0.9,
+                                                                                             1, 10)
+    resolved = cfg.to_dict()
+    assert resolved["training"]["compressor"]["class"] == "hts"  # JSON keys, not Python field names
+    assert resolved["dataset"]["root"] == "./datasets"  # defaults filled in
+    again, problems = parse_config(resolved)
+    assert problems == [] and again == cfg
+
+
+def test_unknown_key_suggests_the_closest_field(make_config) -> None:
+    path = make_config(**{"training.compressor.sparsty": 0.9})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    (problem,) = err.value.problems
+    assert problem.file == str(path)
+    assert problem.path == "training.compressor.sparsty"
+    assert "did you mean 'sparsity'" in problem.message
+
+
+def test_every_problem_is_reported_at_once(make_config) -> None:
+    path = make_config(**{"training.compressor.sparsity": 1.0, "dataset.batch_size": 0,
+                          "training.optimizer.kwargs.scheduler": "linear", "training.compressor.mask": "glob",
+                          "general.seed": "zero"})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    by_path = {p.path: p.message for p in err.value.problems}
+    assert set(by_path) == {"training.compressor.sparsity", "dataset.batch_size",
+                            "training.optimizer.kwargs.scheduler", "training.compressor.mask", "general.seed"}
+    assert "[0, 1)" in by_path["training.compressor.sparsity"]
+    assert "[1, inf]" in by_path["dataset.batch_size"]
+    assert "'step'" in by_path["training.optimizer.kwargs.scheduler"]
+    assert "did you mean 'global'" in by_path["training.compressor.mask"]
+    assert "integer" in by_path["general.seed"]
+
+
+def test_cross_field_and_nested_checks(make_config) -> None:
+    path = make_config(**{"training.optimizer.kwargs.lr_drops": [120, 80], "training.optimizer.kwargs.betas": [0.9]})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    paths = {p.path for p in err.value.problems}
+    assert paths == {"training.optimizer.kwargs.lr_drops", "training.optimizer.kwargs.betas"}
+
+
+def test_quoted_booleans_from_official_configs_are_accepted(make_config) -> None:
+    assert load_config(make_config(**{"dataset.train4val": "false"})).dataset.train4val is False
+    assert load_config(make_config(**{"dataset.train4val": "True"})).dataset.train4val is True
+
+
+def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"general": {"seed": 0,}}')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "line 1, column" in str(err.value) and str(path) in str(err.value)
+
+
+def test_registry_names_and_criterion_options_are_resolved(make_config) -> None:
+    path = make_config(**{"model.class": "DIGITS_CNN", "training.compressor.class": "Random",
+                          "training.compressor.options": {"seed": 7}})
+    cfg = resolve(load_config(path), str(path))
+    assert cfg.model.name == "digits_cnn" and cfg.training.compressor.name == "random"
+    assert cfg.training.compressor.options == {"seed": 7}
+    # defaults of options are filled in
+    cfg = resolve(load_config(make_config(**{"training.compressor.class": "random"})))
+    assert cfg.training.compressor.options == {"seed": None}
+
+
+def test_resolve_reports_unknown_names_and_bad_options_together(make_config) -> None:
+    path = make_config(**{"dataset.class": "digitz", "training.compressor.class": "random",
+                          "training.compressor.options": {"sed": 1}, "general.experiment": "pbtt"})
+    with pytest.raises(ConfigError) as err:
+        resolve(load_config(path), str(path))
+    msgs = {p.path: p.message for p in err.value.problems}
+    assert "did you mean 'digits'" in msgs["dataset.class"] and "valid:" in msgs["dataset.class"]
+    assert "did you mean 'seed'" in msgs["training.compressor.options.sed"]
+    assert "did you mean 'pbt'" in msgs["general.experiment"]
+    assert all(p.file == str(path) for p in err.value.problems)
+
+
+def test_dense_baseline_ignores_template_sparsity(make_config) -> None:
+    cfg = resolve(load_config(make_config(**{"training.compressor.class": "none",
+                                             "training.compressor.sparsity": 0.9})))
+    assert cfg.training.compressor.sparsity == 0.0
+
+
+def test_every_field_is_documented() -> None:
+    rows = describe_fields(ExperimentConfig)
+    assert len(rows) > 35
+    undocumented = [path for path, _, _, help_text in rows if not help_text]
+    assert undocumented == []
+
+
+def test_resolved_config_is_json_serialisable(make_config) -> None:
+    cfg = resolve(load_config(make_config()))
+    assert json.loads(json.dumps(cfg.to_dict()))["training"]["compressor"]["class"] == "snip"

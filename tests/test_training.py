@@ -1,0 +1,194 @@
+"""Trainer guarantees: masks enforced through training, BN warmup touches only BN statistics,
+scoring leaves the model untouched, exact resume after interruption (in-process and kill -9)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import compressors
+from trainers.engine import MaskEnforcer, bn_warmup, build_optimizer, train_epoch
+from trainers.runner import run_config
+from utils.config import OptimizerConfig, OptimizerKwargs
+from utils.io import load_torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(6 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _data(n: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)]
+
+
+@pytest.mark.parametrize("opt", [
+    OptimizerConfig(name="sgd", learning_rate=0.1, kwargs=OptimizerKwargs(momentum=0.9, nesterov=True, w_decay=0.1)),
+    OptimizerConfig(name="adamw", learning_rate=0.01, kwargs=OptimizerKwargs(w_decay=0.5)),
+    OptimizerConfig(name="adam", learning_rate=0.01, kwargs=OptimizerKwargs(w_decay=0.5)),
+])
+def test_pruned_weights_stay_exactly_zero_through_training(opt: OptimizerConfig) -> None:
+    model = _net()
+    names = compressors.prunable_names(model)
+    masks = compressors.select(compressors.build("random", seed=3).score(model), 0.7)
+    enforcer = MaskEnforcer(model, masks)
+    enforcer.apply_to_weights()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, opt)
+    for _ in range(3):
+        train_epoch(model, _data(), nn.CrossEntropyLoss(), optimizer, torch.device("cpu"), enforcer, grad_clip=1.0)
+    params = dict(model.named_parameters())
+    for n in names:
+        pruned = ~masks[n].bool()
+        assert pruned.any()
+        assert torch.count_nonzero(params[n].detach()[pruned]) == 0  # exactly zero, not just small
+        assert not torch.equal(params[n].detach()[~pruned], before[n][~pruned])  # the rest trained
+        state = optimizer.state[params[n]]
+        for key in ("momentum_buffer", "exp_avg", "exp_avg_sq"):
+            if key in state:
+                assert torch.count_nonzero(state[key][pruned]) == 0
+
+
+def test_without_the_enforcer_weight_decay_would_revive_nothing_but_momentum_moves_them() -> None:
+    """Control: the test above can fail - training without the mask moves the pruned weights."""
+    model = _net()
+    masks = compressors.select(compressors.build("random", seed=3).score(model), 0.7)
+    MaskEnforcer(model, masks).apply_to_weights()
+    optimizer = build_optimizer(model, OptimizerConfig(name="sgd", learning_rate=0.1))
+    train_epoch(model, _data(), nn.CrossEntropyLoss(), optimizer, torch.device("cpu"), None)
+    w = dict(model.named_parameters())["0.weight"].detach()
+    assert torch.count_nonzero(w[~masks["0.weight"].bool()]) > 0
+
+
+def test_bn_warmup_changes_only_batchnorm_statistics() -> None:
+    model = _net()
+    model.eval()
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    bn_warmup(model, _data(), passes=2, device=torch.device("cpu"))
+    assert all(torch.equal(params[n], p) for n, p in model.named_parameters())
+    assert not torch.equal(buffers["1.running_mean"], model[1].running_mean)
+    assert not torch.equal(buffers["1.running_var"], model[1].running_var)
+    assert int(model[1].num_batches_tracked) == 8
+    assert not model.training and not model[1].training  # mode restored
+
+
+def test_scoring_leaves_the_model_untouched() -> None:
+    model = _net()
+    model.train()
+    model[4].weight.grad = torch.ones_like(model[4].weight)
+    model[0].weight.requires_grad_(False)
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    scores = compressors.build("snip").score(model, _data(), nn.CrossEntropyLoss())
+    assert set(scores) == {"0.weight", "4.weight"}
+    assert model.training and model[1].training
+    assert torch.equal(model[4].weight.grad, torch.ones_like(model[4].weight)) and model[0].weight.grad is None
+    assert not model[0].weight.requires_grad
+    assert all(torch.equal(params[n], p) for n, p in model.named_parameters())
+    assert all(torch.equal(buffers[n], b) for n, b in model.named_buffers())
+    assert sum(float(s.sum()) for s in scores.values()) == pytest.approx(1.0)  # SNIP is normalised
+
+
+def _final_weights(run_dir: str) -> dict[str, torch.Tensor]:
+    return load_torch(Path(run_dir) / "final_model.pt")
+
+
+def test_interrupted_run_resumes_to_identical_weights(make_config, tmp_path: Path) -> None:
+    cfg = make_config(**{"training.num_steps": 4, "training.optimizer.kwargs.scheduler": "cosine",
+                         "training.optimizer.kwargs.lr_drops": []})
+    reference = run_config(cfg, results=tmp_path / "a", log=lambda s: None)
+    assert reference.status == "completed"
+
+    def stop_after_two(epoch: int, row: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_config(cfg, results=tmp_path / "b", log=lambda s: None, on_epoch_end=stop_after_two)
+    run_folder = Path(reference.run_dir.replace(str(tmp_path / "a"), str(tmp_path / "b")))
+    assert json.loads((run_folder / "status.json").read_text())["status"] == "interrupted"
+    assert load_torch(run_folder / "checkpoint.pt")["epoch"] == 2
+    resumed = run_config(cfg, results=tmp_path / "b", log=lambda s: None)
+    assert resumed.status == "completed" and resumed.run_dir == str(run_folder)
+    assert json.loads((run_folder / "status.json").read_text())["resumed"] is True
+    a, b = _final_weights(reference.run_dir), _final_weights(resumed.run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.test_acc == reference.test_acc
+    hist_a = json.loads((Path(reference.run_dir) / "history.json").read_text())
+    hist_b = json.loads((run_folder / "history.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_s")} for r in rows]
+    assert strip(hist_a) == strip(hist_b)
+
+
+def test_kill_dash_nine_then_rerun_ends_with_the_same_weights(make_config, tmp_path: Path) -> None:
+    cfg = make_config(**{"training.num_steps": 12, "model.options": {"width": 16},
+                         "training.optimizer.kwargs.lr_drops": [6]})
+    results = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "run", str(cfg), "--results", str(results)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 120
+    history = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(results.rglob("history.json"))
+        if found:
+            history = found[0]
+            try:
+                if len(json.loads(history.read_text())) >= 3:
+                    break
+            except json.JSONDecodeError:
+                pytest.fail("history.json was observed half-written: writes are not atomic")
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_folder = history.parent
+    status = json.loads((run_folder / "status.json").read_text())
+    assert status["status"] == "running"  # kill -9 leaves no chance to write anything
+    done = load_torch(run_folder / "checkpoint.pt")["epoch"]
+    assert 3 <= done < 12
+    resumed = run_config(cfg, results=results, log=lambda s: None)
+    assert resumed.status == "completed"
+    reference = run_config(cfg, results=tmp_path / "reference", log=lambda s: None)
+    a, b = _final_weights(reference.run_dir), _final_weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_diverging_training_is_recorded_as_failed(make_config, tmp_path: Path) -> None:
+    cfg = make_config(**{"training.optimizer.learning_rate": 1e12, "training.compressor.class": "none",
+                         "training.compressor.sparsity": 0.0})
+    out = run_config(cfg, results=tmp_path, log=lambda s: None)
+    assert out.status == "failed" and "TrainingDiverged" in out.reason
+    status = json.loads((Path(out.run_dir) / "status.json").read_text())
+    assert status["status"] == "failed" and "Traceback" in status["traceback"]
+
+
+def test_sigterm_marks_the_run_interrupted_and_a_rerun_resumes(make_config, tmp_path: Path) -> None:
+    cfg = make_config(**{"training.num_steps": 40, "model.options": {"width": 16}})
+    results = tmp_path / "preempted"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "run", str(cfg), "--results", str(results)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(results.rglob("history.json")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before preempting a job
+    assert proc.wait(timeout=60) == 130
+    (status_file,) = results.rglob("status.json")
+    status = json.loads(status_file.read_text())
+    assert status["status"] == "interrupted" and "rerun to resume" in status["reason"]
+    assert 1 <= load_torch(status_file.parent / "checkpoint.pt")["epoch"] < 40
