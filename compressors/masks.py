@@ -29,11 +29,19 @@ def _topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
         return mask
     if k >= n:
         return ~mask
-    values = torch.nan_to_num(flat.double(), nan=float("-inf"))
-    # stable sort on descending values keeps the original (lower-index-first) order among equal scores
-    order = torch.sort(values, descending=True, stable=True).indices
-    mask[order[:k]] = True
-    return mask
+    # float32/float64 keep their order exactly (float64 holds every float32), so no up-cast is needed
+    values = flat if flat.dtype in (torch.float32, torch.float64) else flat.double()
+    values = torch.nan_to_num(values, nan=float("-inf"))
+    # Same result as a stable descending sort keeping the first k (lower index first among equal
+    # scores), in O(n): the k-th largest value is the threshold; everything above it is kept, and the
+    # ties at the threshold are taken in index order until k are kept.
+    threshold = torch.kthvalue(values, n - k + 1).values
+    above = values > threshold
+    need = k - int(above.sum().item())
+    tied = values == threshold
+    if int(tied.sum().item()) == need:  # the usual case: no tie to break
+        return above | tied
+    return above | (tied & (torch.cumsum(tied, 0) <= need))
 
 
 def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = "global") -> Scores:
@@ -52,7 +60,8 @@ def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = 
         }
     names = list(scores)
     device = next(iter(scores.values())).device
-    flat = torch.cat([scores[n].reshape(-1).to(device, torch.float64) for n in names])
+    dtype = torch.float64 if any(scores[n].dtype != torch.float32 for n in names) else torch.float32
+    flat = torch.cat([scores[n].reshape(-1).to(device, dtype) for n in names])
     keep = _topk_mask(flat, kept_count(flat.numel(), sparsity))
     masks, offset = {}, 0
     for n in names:

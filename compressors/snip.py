@@ -7,15 +7,26 @@ import torch
 from compressors import register
 from compressors.base import Compressor, Scores
 from compressors.estimators import summed_gradient
+from compressors.options import ChunkOptions
+
+
+def normalise_sum(raw: Scores) -> Scores:
+    """Divide every score by the sum over all scored tensors (unchanged when that sum is 0)."""
+    total = torch.stack([s.sum() for s in raw.values()]).sum() if raw else torch.zeros(())
+    return {n: s / total for n, s in raw.items()} if total > 0 else raw
 
 
 @register("snip")
 class SNIP(Compressor):
-    """SNIP: s = |θ ⊙ Σ_b g_b| / Σ |θ ⊙ Σ_b g_b| (normalised to sum 1 over all prunable weights)."""
+    """SNIP: ``s = |θ ⊙ Σ_b g_b| / Σ |θ ⊙ Σ_b g_b|`` (normalised to sum 1 over all scored weights).
+
+    ``Σ_b g_b`` is the gradient of the summed batch losses, computed in chunked passes of
+    ``chunk_size`` samples (exact: each sample is weighted by 1/n_b of its own mask batch).
+    """
+
+    Options = ChunkOptions
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
         params = dict(model.named_parameters())
-        grads = summed_gradient(model, names, mask_loader, loss_fn)
-        raw = {n: (params[n].detach() * grads[n]).abs() for n in names}
-        total = torch.stack([s.sum() for s in raw.values()]).sum()
-        return {n: s / total for n, s in raw.items()} if total > 0 else raw
+        grads = summed_gradient(model, names, mask_loader, loss_fn, chunk_size=self.options.chunk_size)
+        return normalise_sum({n: (params[n].detach() * grads[n]).abs() for n in names})

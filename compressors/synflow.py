@@ -1,0 +1,99 @@
+"""SynFlow (Tanaka et al., 2020): data-free iterative synaptic-flow pruning."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from compressors import register
+from compressors.base import Compressor, Scores
+from compressors.masks import select
+from compressors.options import SynFlowOptions
+
+
+def synflow_input_shape(mask_loader: Iterable | None) -> tuple[int, ...]:
+    """The shape of one input sample, read from the first mask batch (SynFlow uses no data values)."""
+    if mask_loader is None:
+        raise ValueError("synflow needs the input shape: pass any loader of (inputs, targets) as mask_loader "
+                         "(only the shape of its first batch is used)")
+    x, _ = next(iter(mask_loader))
+    return tuple(x.shape[1:])
+
+
+def positive_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every floating parameter and buffer made positive (``|t|``) in ``dtype``; others unchanged."""
+    state: dict[str, torch.Tensor] = {}
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        t = t.detach()
+        state[n] = t.abs().to(dtype) if t.is_floating_point() else t
+    return state
+
+
+def synflow_scores(model: nn.Module, names: list[str], masks: dict[str, torch.Tensor], input_shape: tuple[int, ...],
+                   dtype: torch.dtype, state: dict[str, torch.Tensor] | None = None) -> tuple[Scores, bool]:
+    """One SynFlow evaluation: ``|θ_m ⊙ ∂R/∂θ_m|`` with ``R = Σ f(1; |θ|)`` where every floating parameter
+    and buffer is made positive and the scored weights are masked (``θ_m = |θ| ⊙ m``); computed in
+    ``dtype`` through ``functional_call`` (the model itself is not modified).  Returns the scores and
+    whether R and every score are finite."""
+    device = next(iter(masks.values())).device
+    state = dict(state if state is not None else positive_state(model, dtype))
+    weights = {n: (state[n] * masks[n]).requires_grad_(True) for n in names}
+    state.update(weights)
+    out = functional_call(model, state, (torch.ones((1, *input_shape), dtype=dtype, device=device),))
+    R = out.sum()
+    grads = torch.autograd.grad(R, [weights[n] for n in names], allow_unused=True)
+    scores = {n: (weights[n].detach() * (g if g is not None else 0.0)).abs() for n, g in zip(names, grads)}
+    finite = bool(torch.isfinite(R)) and all(bool(torch.isfinite(s).all()) for s in scores.values())
+    return scores, finite
+
+
+@register("synflow")
+class SynFlow(Compressor):
+    """SynFlow: ``s = |θ ⊙ ∂R/∂θ|``, ``R = Σ f(1; |θ|)`` (all parameters and buffers made positive, an
+    input of ones, model in eval mode), applied iteratively.
+
+    With keep fraction ``d = 1 - sparsity`` and n rounds (option ``rounds``), round k (k = 1..n) scores the
+    currently masked network and keeps the top ``d^(k/n)`` of the scored weights globally, so only the
+    last round reaches d (the schedule is fed the *keep* fraction: public code that feeds it the prune
+    fraction prunes ~99.9% in round one).  Computed in float32, redone in float64 if R or a score
+    overflows.  The original weights are never modified (``functional_call``).  The returned scores are
+    those of the last round, so ``select(scores, sparsity, "global")`` reproduces the final mask exactly.
+    The mask loader is used only for the input shape.
+    """
+
+    Options = SynFlowOptions
+    needs_data = False
+    iterative = True
+
+    def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
+        shape = synflow_input_shape(mask_loader)
+        model.eval()
+        params = dict(model.named_parameters())
+        base = params[names[0]].dtype if names else torch.float32
+        dtypes = [base] if base == torch.float64 else [base, torch.float64]
+        for dtype in dtypes:
+            scores, ok = self._rounds(model, names, shape, dtype, sparsity)
+            if ok:
+                break
+        self.diagnostics = {"rounds": self.options.rounds, "dtype": str(dtype).replace("torch.", ""),
+                            "finite": ok}
+        return scores
+
+    def _rounds(self, model: nn.Module, names: list[str], shape: tuple[int, ...], dtype: torch.dtype,
+                sparsity: float) -> tuple[Scores, bool]:
+        params = dict(model.named_parameters())
+        masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
+        n_rounds = self.options.rounds
+        keep = 1.0 - sparsity
+        scores: Scores = {}
+        state = positive_state(model, dtype)
+        for k in range(1, n_rounds + 1):
+            scores, ok = synflow_scores(model, names, masks, shape, dtype, state)
+            if not ok:
+                return scores, False
+            target = sparsity if k == n_rounds else 1.0 - keep ** (k / n_rounds)
+            masks = {n: m.bool() for n, m in select(scores, target, "global").items()}
+        return scores, True

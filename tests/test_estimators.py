@@ -1,0 +1,211 @@
+"""Shared estimators against naive reference loops written here: every route, chunking with a smaller
+last batch, Hutchinson against the exact Hessian diagonal (error within Monte-Carlo bounds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from compressors import estimators as E
+from compressors import prunable_names
+
+
+def small_cnn() -> nn.Module:
+    """A small CNN with BN (non-trivial running statistics), an in-place ReLU after a hidden Linear,
+    biases, a strided conv and a classifier."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.Flatten(), nn.Linear(6 * 3 * 3, 8), nn.ReLU(inplace=True), nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net
+
+
+def mask_batches(sizes: tuple[int, ...] = (3, 3, 2), seed: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)) for n in sizes]
+
+
+LOSS = nn.CrossEntropyLoss()
+
+
+def naive_batch_grads(model: nn.Module, names: list[str], batches, T: float = 1.0) -> list[dict[str, torch.Tensor]]:
+    """g_b = grad of the batch-mean loss, one batch at a time (the reference code's loop)."""
+    model.eval()
+    params = dict(model.named_parameters())
+    out = []
+    for x, y in batches:
+        grads = torch.autograd.grad(LOSS(model(x) / T, y), [params[n] for n in names])
+        out.append({n: g.detach() for n, g in zip(names, grads)})
+    return out
+
+
+def naive_hutchinson(model: nn.Module, names: list[str], batches, probes: int, seed: int, T: float):
+    """One separate HVP per (batch, probe), probes drawn in the documented order."""
+    model.eval()
+    params = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(seed)
+    us: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for x, y in batches:
+        zs = [{n: torch.randint(0, 2, params[n].shape, generator=gen).float() * 2 - 1 for n in names}
+              for _ in range(probes)]
+        for z in zs:
+            grads = torch.autograd.grad(LOSS(model(x) / T, y), [params[n] for n in names], create_graph=True)
+            dot = sum((g * z[n]).sum() for g, n in zip(grads, names))
+            hz = torch.autograd.grad(dot, [params[n] for n in names])
+            for n, h in zip(names, hz):
+                us[n].append(z[n] * h)
+    stacked = {n: torch.stack(v) for n, v in us.items()}
+    M = len(batches) * probes
+    return ({n: u.mean(0) for n, u in stacked.items()}, {n: u.std(0) / math.sqrt(M) for n, u in stacked.items()})
+
+
+def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-4, atol: float = 1e-7) -> None:
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=rtol, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_chunk_batches_groups_consecutive_batches() -> None:
+    assert E.chunk_batches([1] * 5, 2) == [[0, 1], [2, 3], [4]]
+    assert E.chunk_batches([3, 3, 2], 100) == [[0, 1, 2]]
+    assert E.chunk_batches([3, 3, 2], 100, equal_sizes=True) == [[0, 1], [2]]
+    assert E.chunk_batches([5, 5], 3) == [[0], [1]]  # a batch larger than a chunk is never split
+
+
+@pytest.mark.parametrize("chunk_size", [5, 128])  # 5: a chunk mixing a size-3 and the size-2 batch
+@pytest.mark.parametrize("T", [1.0, 200.0])
+def test_summed_gradient_and_hvp_equal_the_per_batch_loop(chunk_size: int, T: float) -> None:
+    model = small_cnn()
+    names = prunable_names(model, include_classifier=True, include_biases=True)
+    batches = mask_batches()
+    ref = naive_batch_grads(model, names, batches, T)
+    summed = {n: sum(r[n] for r in ref) for n in names}
+    close(E.summed_gradient(model, names, batches, LOSS, temperature=T, chunk_size=chunk_size), summed)
+    close(E.mean_gradient(model, names, batches, LOSS, temperature=T, chunk_size=chunk_size),
+          {n: v / len(batches) for n, v in summed.items()})
+    # H v of the summed loss, per batch with create_graph (the reference GraSP loop)
+    params = dict(model.named_parameters())
+    v = {n: torch.randn_like(params[n]) for n in names}
+    hv = {n: torch.zeros_like(params[n]) for n in names}
+    for x, y in batches:
+        grads = torch.autograd.grad(LOSS(model(x) / T, y), [params[n] for n in names], create_graph=True)
+        hvb = torch.autograd.grad(sum((g * v[n]).sum() for g, n in zip(grads, names)), [params[n] for n in names])
+        for n, h in zip(names, hvb):
+            hv[n] += h
+    scale = max(float(t.abs().max()) for t in hv.values())
+    close(E.hessian_vector_product(model, names, batches, LOSS, v, temperature=T, chunk_size=chunk_size), hv,
+          atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("route", ["loop", "hooks", "vmap"])
+@pytest.mark.parametrize("sizes", [(1, 1, 1, 1, 1), (3, 3, 2)])
+def test_fisher_diagonal_every_route_equals_the_loop(route: str, sizes: tuple[int, ...]) -> None:
+    model = small_cnn()
+    names = prunable_names(model, include_classifier=True)
+    batches = mask_batches(sizes)
+    ref = naive_batch_grads(model, names, batches)
+    B = len(batches)
+    fisher = {n: sum(r[n] ** 2 for r in ref) / B for n in names}
+    mean = {n: sum(r[n] for r in ref) / B for n in names}
+    res = E.fisher_diagonal(model, names, batches, LOSS, chunk_size=4, route=route)
+    close(res.fisher, fisher)
+    close(res.mean_grad, mean)
+    # per_batch_gradients itself, row by row, in loader order
+    rows = [r for chunk in E.per_batch_gradients(model, names, batches, LOSS, chunk_size=4, route=route)
+            for r in (dict(zip(chunk, vals)) for vals in zip(*chunk.values()))]
+    assert len(rows) == B
+    for got, want in zip(rows, ref):
+        close(got, want)
+
+
+def test_hooks_route_falls_back_for_unsupported_parameters() -> None:
+    model = small_cnn()
+    names = prunable_names(model, include_biases=True)  # biases are not handled by the hooks route
+    batches = mask_batches((2, 2))
+    ref = naive_batch_grads(model, names, batches)
+    res = E.fisher_diagonal(model, names, batches, LOSS, route="hooks")
+    close(res.fisher, {n: (ref[0][n] ** 2 + ref[1][n] ** 2) / 2 for n in names})
+
+
+@pytest.mark.parametrize("route", ["loop", "probes", "vmap"])
+def test_hutchinson_equals_the_naive_loop_with_the_same_probes(route: str) -> None:
+    model = small_cnn()
+    names = prunable_names(model)
+    batches = mask_batches((2, 2, 1))
+    diag, se = naive_hutchinson(model, names, batches, probes=3, seed=7, T=2.0)
+    res = E.hutchinson_diagonal(model, names, batches, LOSS, probes=3, generator=torch.Generator().manual_seed(7),
+                                temperature=2.0, chunk_size=4, route=route)
+    scale = max(float(t.abs().max()) for t in diag.values())
+    close(res.diag, diag, atol=1e-5 * scale)
+    close(res.stderr, se, rtol=1e-3, atol=1e-5 * scale)
+    ref = naive_batch_grads(model, names, batches, T=2.0)
+    close(res.mean_grad, {n: sum(r[n] for r in ref) / len(batches) for n in names})
+    assert res.samples == 9
+    diagnostics = res.diagnostics()
+    assert set(diagnostics) == set(names)
+    for n in names:
+        assert diagnostics[n]["mean_abs_diag"] == pytest.approx(float(diag[n].abs().mean()), rel=1e-3)
+        assert diagnostics[n]["mean_stderr"] == pytest.approx(float(se[n].mean()), rel=1e-3)
+
+
+def _tiny() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 5, bias=False), nn.Tanh(), nn.Linear(5, 3, bias=False))
+    g = torch.Generator().manual_seed(4)
+    return net, [(torch.randn(2, 4, generator=g), torch.randint(0, 3, (2,), generator=g)) for _ in range(3)]
+
+
+def exact_hessians(model: nn.Module, names: list[str], batches) -> list[torch.Tensor]:
+    """Full Hessian of each batch loss over the flattened named parameters, row by row with autograd."""
+    params = dict(model.named_parameters())
+    out = []
+    for x, y in batches:
+        grads = torch.autograd.grad(LOSS(model(x), y), [params[n] for n in names], create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        rows = [torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat[i], [params[n] for n in names],
+                                                                       retain_graph=True)])
+                for i in range(flat.numel())]
+        out.append(torch.stack(rows).double())
+    return out
+
+
+def test_hutchinson_converges_to_the_exact_hessian_diagonal_within_monte_carlo_bounds() -> None:
+    model, batches = _tiny()
+    names = [n for n, _ in model.named_parameters()]
+    H = exact_hessians(model, names, batches)
+    B = len(batches)
+    exact = sum(torch.diagonal(h) for h in H) / B
+    # Var(z_i (Hz)_i) = sum_{j != i} H_ij^2 for Rademacher z, so E||H_hat - diag||^2 = sum_b sum_i
+    # sum_{j != i} H_b,ij^2 / (B^2 K)
+    offdiag = sum(float((h ** 2).sum() - (torch.diagonal(h) ** 2).sum()) for h in H) / B ** 2
+    assert offdiag > 0
+    errors = {}
+    for K in (4, 64, 1024):
+        res = E.hutchinson_diagonal(model, names, batches, LOSS, probes=K, generator=torch.Generator().manual_seed(K))
+        est = torch.cat([res.diag[n].reshape(-1) for n in names]).double()
+        errors[K] = float(((est - exact) ** 2).sum())
+        expected = offdiag / K
+        assert errors[K] < 6 * expected, (K, errors[K], expected)  # P(chi-square-like > 6x mean) is tiny
+        # the reported standard errors match the Monte-Carlo spread
+        se2 = float(sum((res.stderr[n].double() ** 2).sum() for n in names))
+        assert 0.5 * expected < se2 < 2.0 * expected, (K, se2, expected)
+    assert errors[1024] < errors[64] < errors[4]
+
+
+def test_auto_route_per_device() -> None:
+    assert E.default_route(torch.device("cpu"), "grad") == "loop"
+    assert E.default_route(torch.device("cpu"), "hessian", 50_000) == "probes"
+    assert E.default_route(torch.device("cpu"), "hessian", 11_000_000) == "loop"
+    assert E.default_route(torch.device("cuda"), "grad") == E.default_route(torch.device("cuda"), "hessian") == "vmap"
+    with pytest.raises(ValueError):
+        E.fisher_diagonal(small_cnn(), ["0.weight"], mask_batches(), LOSS, route="nope")
