@@ -6,7 +6,7 @@ train / val / test / mask loaders for a run.
 
 from __future__ import annotations
 
-from data.base import DataSplits, DatasetSource
+from data.base import DatasetSource, DataSplits
 from utils.registry import Registry, import_submodules
 
 REGISTRY: Registry[type[DatasetSource]] = Registry("dataset")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from data._common import resolve_root
 from utils.typed import NoOptions, parse_strict
+
+if TYPE_CHECKING:
+    from data._common import DeviceData
 
 
 @dataclass
@@ -27,6 +32,9 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     classes: Optional[list[str]] = None
+    device_data: Optional[Callable[[], DeviceData]] = None
+    """For the device-resident loader (``dataset.loader: "device"``): a function returning the uint8
+    images and the augmentation recipe; None when the dataset cannot be held as uint8 tensors."""
 
 
 class DatasetSource:
@@ -41,8 +49,8 @@ class DatasetSource:
     num_classes: ClassVar[Optional[int]] = None
     input_shape: ClassVar[Optional[tuple[int, ...]]] = None
 
-    def __init__(self, root: str = "./datasets", download: bool = True, **options: Any) -> None:
-        self.root = root
+    def __init__(self, root: Optional[str] = "./datasets", download: bool = True, **options: Any) -> None:
+        self.root: Path = resolve_root(root)
         self.download = download
         self.options = parse_strict(self.Options, options, "dataset.options")
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from data import register
-from data.base import DataSplits, DatasetSource
+from data.base import DatasetSource, DataSplits
 from utils.typed import option
 
 

@@ -7,18 +7,24 @@
   shuffled with the same seed and split into batches of ``compressor.batch_size``.
 - Training order: epoch ``e`` is shuffled with a generator seeded from (seed, e), so a resumed run
   sees exactly the batches an uninterrupted one would.
+- ``loader="classic"`` (default): torch DataLoaders over the dataset's PIL/torchvision pipeline.
+  ``loader="device"``: train / val / test are :class:`data.device_loader.DeviceLoader` objects holding the
+  uint8 images on the training device (same permutation per epoch as the classic loader, augmentation
+  batched on the device); the mask data stays a classic DataLoader, so criteria score the same samples
+  with either loader.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from data.base import DataSplits
+from data.device_loader import DeviceLoader
 from utils.seeding import derive_seed
 
 
@@ -39,11 +45,15 @@ class EpochShuffler(Sampler[int]):
         return self.n
 
 
+LOADER_KINDS = ("classic", "device")
+AnyLoader = Union[DataLoader, DeviceLoader]
+
+
 @dataclass
 class Loaders:
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
+    train: AnyLoader
+    val: AnyLoader
+    test: AnyLoader
     mask: DataLoader
     num_classes: int
     input_shape: tuple[int, ...]
@@ -52,7 +62,10 @@ class Loaders:
     seed: int
 
     def set_epoch(self, epoch: int) -> None:
-        """Fix the shuffling (and worker seeds) of training epoch ``epoch``."""
+        """Fix the shuffling (and worker seeds / augmentation draws) of training epoch ``epoch``."""
+        if isinstance(self.train, DeviceLoader):
+            self.train.set_epoch(epoch)
+            return
         self.train.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         if self.train.generator is not None:
             self.train.generator.manual_seed(derive_seed(self.seed, "workers", epoch))
@@ -99,8 +112,17 @@ def build_loaders(
     per_class_samples: int = 10,
     seed: int = 0,
     pin_memory: bool = False,
+    loader: str = "classic",
+    device: Optional[torch.device] = None,
+    dataset_name: str = "this dataset",
 ) -> Loaders:
-    """Build the four loaders of a run from a dataset's splits (see the module docstring)."""
+    """Build the four loaders of a run from a dataset's splits (see the module docstring).
+
+    ``loader="device"`` needs ``splits.device_data`` (uint8-backed datasets) and puts the data on
+    ``device`` (default: the CPU).
+    """
+    if loader not in LOADER_KINDS:
+        raise ValueError(f"dataset.loader: invalid value {loader!r}; valid: {', '.join(map(repr, LOADER_KINDS))}")
     targets = np.asarray(splits.train_targets)
     if train4val:
         train_idx, val_idx = stratified_split(targets, val_fraction, seed)
@@ -118,5 +140,37 @@ def build_loaders(
     val = DataLoader(val_set, batch_size=eval_bs, shuffle=False, **common)
     test = DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common)
     mask = DataLoader(Subset(splits.train_eval, mask_idx), batch_size=mask_batch_size, shuffle=False)
+    if loader == "device":
+        train, val, test = _device_loaders(splits, targets, train_idx, batch_size, eval_bs, train4val, seed,
+                                           device, dataset_name)
     return Loaders(train=train, val=val, test=test, mask=mask, num_classes=splits.num_classes,
                    input_shape=splits.input_shape, mask_indices=mask_idx, val_is_test=not train4val, seed=seed)
+
+
+def _device_loaders(splits: DataSplits, targets: np.ndarray, train_idx: np.ndarray, batch_size: int, eval_bs: int,
+                    train4val: bool, seed: int, device: Optional[torch.device],
+                    dataset_name: str) -> tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
+    if splits.device_data is None:
+        raise ValueError(f"dataset.loader 'device' is not supported by {dataset_name}: it needs a dataset that "
+                         "can be held as uint8 tensors with crop/flip augmentation (cifar10, cifar100, "
+                         "tinyimagenet, imagefolder with augment 'cifar' or 'none'); use dataset.loader 'classic'")
+    dd = splits.device_data()
+    if not np.array_equal(dd.train_targets.numpy(), targets):
+        raise RuntimeError(f"{dataset_name}: device data labels differ from the dataset's training labels")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    common = dict(device=device, mean=dd.mean, std=dd.std)
+    train_x, train_y = dd.train_images, dd.train_targets
+    if train4val:  # (without it the training set is the whole of train: no copy)
+        idx = torch.from_numpy(np.asarray(train_idx, dtype=np.int64))
+        train_x, train_y = train_x[idx], train_y[idx]
+    train = DeviceLoader(train_x, train_y, batch_size=batch_size, train=True, seed=seed, padding=dd.padding,
+                         flip=dd.flip, **common)
+    test = DeviceLoader(dd.test_images, dd.test_targets, batch_size=eval_bs, train=False, **common)
+    if train4val:
+        keep = np.zeros(len(targets), dtype=bool)
+        keep[train_idx] = True
+        held = torch.from_numpy(np.flatnonzero(~keep))
+        val = DeviceLoader(dd.train_images[held], dd.train_targets[held], batch_size=eval_bs, train=False, **common)
+    else:
+        val = test
+    return train, val, test

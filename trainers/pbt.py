@@ -20,9 +20,18 @@ from torch import nn
 import compressors
 import data
 import models
+from compressors.cache import score_with_cache
 from trainers import register
-from trainers.engine import (MaskEnforcer, TrainingDiverged, bn_warmup, build_optimizer, build_scheduler,
-                             evaluate, train_epoch)
+from trainers.engine import (
+    MaskEnforcer,
+    bn_warmup,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    make_scaler,
+    prepare_model,
+    train_epoch,
+)
 from utils.config import ExperimentConfig
 from utils.io import load_torch, save_torch, write_text
 from utils.results import RunStore
@@ -75,11 +84,18 @@ class PruneBeforeTraining:
         self.loaders = data.build_loaders(
             splits, batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size, num_workers=ds.num_workers,
             train4val=ds.train4val, val_fraction=ds.val_fraction, mask_batch_size=comp.batch_size,
-            per_class_samples=comp.per_class_samples, seed=seed, pin_memory=self.device.type == "cuda")
+            per_class_samples=comp.per_class_samples, seed=seed, pin_memory=self.device.type == "cuda",
+            loader=ds.loader, device=self.device, dataset_name=f"dataset '{ds.name}'")
         self.num_classes = cfg.model.num_classes or splits.num_classes
         seed_everything(derive_seed(seed, "model-init"))
         self.model = models.build(cfg.model.name, num_classes=self.num_classes, input_shape=splits.input_shape,
                                   **cfg.model.options).to(self.device)
+        tr = cfg.training
+        # self.model keeps plain state_dict keys; self.train_model is what the loop calls (maybe compiled)
+        self.train_model = prepare_model(self.model, self.device, channels_last=tr.channels_last,
+                                         compile=tr.compile, log=self.log)
+        self.scaler = make_scaler(self.device, tr.amp)
+        self.loop_options = {"amp": tr.amp, "channels_last": tr.channels_last}
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.training.criterion.kwargs.label_smoothing)
         self.compressor = compressors.build(comp.name, **comp.options)
         self.optimizer = build_optimizer(self.model, cfg.training.optimizer)
@@ -99,10 +115,12 @@ class PruneBeforeTraining:
         if self.compressor.prunes:
             seed_everything(derive_seed(cfg.general.seed, "scoring"))
             tic = time.perf_counter()
-            scores = self.compressor.score(
-                self.model, self.loaders.mask, nn.CrossEntropyLoss(), params=names,
-                sparsity=comp.sparsity if self.compressor.iterative else None)
+            scores, cache_info = score_with_cache(
+                self.compressor, self.model, self.loaders.mask, nn.CrossEntropyLoss(), names=names,
+                sparsity=comp.sparsity if self.compressor.iterative else None,
+                cache_dir=self.store.cache_dir, mask_indices=self.loaders.mask_indices)
             info["scoring_seconds"] = time.perf_counter() - tic
+            info.update(cache_info)
             self.masks = compressors.select(scores, comp.sparsity, comp.mask)
         else:
             params = dict(self.model.named_parameters())
@@ -138,6 +156,7 @@ class PruneBeforeTraining:
             "best_model": state["best_model"],
             "history": state["history"], "pruning": state["pruning"],
             "rng": rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         })
 
     def _restore(self, ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +165,8 @@ class PruneBeforeTraining:
         self.enforcer = MaskEnforcer(self.model, self.masks if self.compressor.prunes else {})
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         return {k: ckpt[k] for k in ("best_metric", "best_epoch", "best_model", "history", "pruning")}
 
@@ -176,13 +197,15 @@ class PruneBeforeTraining:
         for epoch in range(start, epochs):
             self.loaders.set_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
-            stats = train_epoch(self.model, self.loaders.train, self.loss_fn, self.optimizer, self.device,
-                                self.enforcer, cfg.training.grad_clip, desc=f"epoch {epoch + 1}/{epochs}")
+            stats = train_epoch(self.train_model, self.loaders.train, self.loss_fn, self.optimizer, self.device,
+                                self.enforcer, cfg.training.grad_clip, desc=f"epoch {epoch + 1}/{epochs}",
+                                scaler=self.scaler, **self.loop_options)
             self.scheduler.step()
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": stats.loss, "train_acc": stats.acc,
                                    "epoch_seconds": stats.seconds, "images_per_s": stats.images_per_s}
             if (epoch + 1) % cfg.validation.frequency == 0 or epoch + 1 == epochs:
-                val = evaluate(self.model, self.loaders.val, self.loss_fn, self.device, self.num_classes)
+                val = evaluate(self.train_model, self.loaders.val, self.loss_fn, self.device, self.num_classes,
+                               **self.loop_options)
                 row.update({f"val_{k}": v for k, v in val.items()})
                 if _better(metric, val[metric], state["best_metric"]):
                     state["best_metric"], state["best_epoch"] = val[metric], epoch + 1

@@ -1,0 +1,139 @@
+"""Image-file datasets: class-folder scanning, a sample-list dataset, normalisation statistics (cached)
+and one-time materialisation of small images as a uint8 array (cached) for the device loader."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.transforms import functional as F
+from tqdm.auto import tqdm
+
+from data._common import atomic_write_bytes
+
+Sample = tuple[str, int]
+
+
+def find_classes(folder: Path) -> list[str]:
+    """Sorted names of the sub-folders of ``folder`` (one per class)."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def scan(folder: Path, class_to_idx: dict[str, int]) -> list[Sample]:
+    """(path, label) of every image under ``folder/<class>/`` (sorted; classes without images allowed)."""
+    return make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+
+
+def load_rgb(path: str) -> Image.Image:
+    with open(path, "rb") as fh:
+        return Image.open(fh).convert("RGB")
+
+
+class FitSquare:
+    """Resize the shorter side to ``size`` and centre-crop ``size`` x ``size``; images already of that
+    size are returned unchanged (so 32x32 CIFAR JPEGs keep their exact pixels)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if img.size == (self.size, self.size):
+            return img
+        img = F.resize(img, self.size, antialias=True)
+        return F.center_crop(img, [self.size, self.size])
+
+    def __repr__(self) -> str:
+        return f"FitSquare({self.size})"
+
+
+class SampleDataset(Dataset):
+    """Images read from a list of (path, label) with ``transform`` applied to the RGB PIL image."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Optional[Callable] = None) -> None:
+        self.samples = list(samples)
+        self.targets = np.array([s[1] for s in self.samples], dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        img = load_rgb(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+def fingerprint(samples: Sequence[Sample], base: Path, *extra: object) -> str:
+    """A short hash of the file list (relative paths, sizes, labels) and ``extra`` (e.g. image size), so a
+    cache is never reused for different files."""
+    h = hashlib.sha256(repr(extra).encode())
+    for path, label in samples:
+        h.update(f"{os.path.relpath(path, base)}|{os.path.getsize(path)}|{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_dir(folder: Path) -> Path:
+    return folder / ".pai_cache"
+
+
+def _try_write(path: Path, payload: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, payload)
+    except OSError as exc:  # a read-only dataset folder: work without the cache
+        warnings.warn(f"cannot write cache file {path}: {exc}; it will be recomputed next time", stacklevel=3)
+
+
+def channel_stats(samples: Sequence[Sample], view: Callable[[Image.Image], Image.Image], folder: Path,
+                  key: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of pixel/255 over ``samples`` seen through ``view``; cached as JSON in
+    ``folder/.pai_cache/`` under a name that includes the file-list fingerprint."""
+    cache = _cache_dir(folder) / f"stats-{key}-{fingerprint(samples, folder, key)}.json"
+    if cache.is_file():
+        payload = json.loads(cache.read_text())
+        return tuple(payload["mean"]), tuple(payload["std"])
+    total = np.zeros(3)
+    total_sq = np.zeros(3)
+    count = 0
+    for path, _ in tqdm(samples, desc="normalisation statistics", leave=False, disable=None):
+        arr = np.asarray(view(load_rgb(path)), dtype=np.float64) / 255.0
+        total += arr.sum(axis=(0, 1))
+        total_sq += (arr ** 2).sum(axis=(0, 1))
+        count += arr.shape[0] * arr.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    std = np.where(std > 0, std, 1.0)
+    out = {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "images": len(samples)}
+    _try_write(cache, json.dumps(out, indent=1).encode())
+    return tuple(out["mean"]), tuple(out["std"])
+
+
+def materialise(samples: Sequence[Sample], size: int, folder: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode every image once (RGB, :class:`FitSquare` to ``size``) into a uint8 (N, 3, size, size) tensor
+    and int64 labels; cached as ``.npz`` in ``folder/.pai_cache/``."""
+    cache = _cache_dir(folder) / f"uint8-{key}-{size}-{fingerprint(samples, folder, key, size)}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return torch.from_numpy(z["images"]), torch.from_numpy(z["targets"])
+    fit = FitSquare(size)
+    images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(tqdm(samples, desc=f"decoding {key} images", leave=False, disable=None)):
+        images[i] = np.asarray(fit(load_rgb(path)), dtype=np.uint8)
+    targets = np.array([s[1] for s in samples], dtype=np.int64)
+    images_nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    buf = io.BytesIO()
+    np.savez(buf, images=images_nchw, targets=targets)
+    _try_write(cache, buf.getvalue())
+    return torch.from_numpy(images_nchw), torch.from_numpy(targets)

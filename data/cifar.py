@@ -1,0 +1,126 @@
+"""CIFAR-10 and CIFAR-100 through torchvision (python pickles, md5-checked), held in memory as uint8.
+
+Files: ``<root>/cifar-10-batches-py/`` (data_batch_1..5, test_batch, batches.meta) and
+``<root>/cifar-100-python/`` (train, test, meta), downloaded from the official site when missing and
+``dataset.download`` is true.  Training augmentation: random 32x32 crop after zero padding of 4 pixels
+and a horizontal flip; then per-dataset normalisation.  The device-resident loader is supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Optional, Sequence
+
+import numpy as np
+from torchvision import datasets as tvd
+from torchvision import transforms as T
+
+from data import register
+from data._common import ArrayDataset, DeviceData, hwc_to_nchw, missing_error
+from data.base import DatasetSource, DataSplits
+from utils.typed import option
+
+
+@dataclass
+class CifarOptions:
+    augment: bool = option(True, "random crop with padding + horizontal flip for training")
+    padding: int = option(4, "zero padding (pixels) before the random 32x32 crop", min=0)
+    mean: Optional[list[float]] = option(None, "per-channel mean for normalisation (default: the dataset's)")
+    std: Optional[list[float]] = option(None, "per-channel std for normalisation (default: the dataset's)",
+                                        min=0, min_exclusive=True)
+
+    def check(self, path: str, problems: list) -> None:
+        from utils.typed import Problem
+
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                problems.append(Problem(f"{path}.{key}", f"expected 3 numbers (R, G, B), got {value}"))
+
+
+def cifar_transforms(mean: Sequence[float], std: Sequence[float], padding: int = 4,
+                     augment: bool = True) -> tuple[Callable, Callable]:
+    """(train, eval) torchvision transforms of the CIFAR datasets: RandomCrop(32, padding) + flip, then
+    ToTensor + Normalize; evaluation only normalises."""
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    aug = [T.RandomCrop(32, padding=padding), T.RandomHorizontalFlip()] if augment else []
+    return T.Compose(aug + norm), T.Compose(norm)
+
+
+class _Cifar(DatasetSource):
+    Options = CifarOptions
+    input_shape = (3, 32, 32)
+    tv_class: ClassVar[type] = tvd.CIFAR10
+    display: ClassVar[str] = "cifar10"
+    mean: ClassVar[tuple[float, ...]] = ()
+    std: ClassVar[tuple[float, ...]] = ()
+
+    def _expected_files(self) -> list[str]:
+        tv = self.tv_class
+        folder = self.root / tv.base_folder
+        names = [f for f, _ in tv.train_list + tv.test_list] + [tv.meta["filename"]]
+        return [str(folder / n) for n in names]
+
+    def _how(self) -> str:
+        tv = self.tv_class
+        return (f"set dataset.download to true (needs internet), or download {tv.url} yourself and extract it "
+                f"into {self.root} so that {self.root / tv.base_folder} holds the files above")
+
+    def _open(self, train: bool) -> tvd.CIFAR10:
+        tv = self.tv_class
+        try:
+            return tv(str(self.root), train=train, download=self.download)
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+            cause = (f"{exc} (download was {'on' if self.download else 'off'}; files missing or failing "
+                     "the md5 check)")
+            raise missing_error(self.display, self._expected_files(), self._how(), cause) from None
+        except OSError as exc:  # urllib errors are OSErrors
+            reason = getattr(exc, "reason", None) or exc
+            raise missing_error(self.display, self._expected_files(), self._how(),
+                                f"download of {tv.url} failed: {reason}") from None
+
+    def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        o = self.options
+        return (tuple(o.mean) if o.mean else self.mean), (tuple(o.std) if o.std else self.std)
+
+    def load(self) -> DataSplits:
+        train_set, test_set = self._open(True), self._open(False)
+        mean, std = self._stats()
+        train_tf, eval_tf = cifar_transforms(mean, std, self.options.padding, self.options.augment)
+        x_train, y_train = np.asarray(train_set.data), np.asarray(train_set.targets, dtype=np.int64)
+        x_test, y_test = np.asarray(test_set.data), np.asarray(test_set.targets, dtype=np.int64)
+
+        def device_data() -> DeviceData:
+            import torch
+
+            return DeviceData(hwc_to_nchw(x_train), torch.from_numpy(y_train), hwc_to_nchw(x_test),
+                              torch.from_numpy(y_test), mean, std,
+                              padding=self.options.padding if self.options.augment else 0,
+                              flip=self.options.augment)
+
+        return DataSplits(
+            train=ArrayDataset(x_train, y_train, train_tf), train_eval=ArrayDataset(x_train, y_train, eval_tf),
+            test=ArrayDataset(x_test, y_test, eval_tf), train_targets=y_train, num_classes=self.num_classes,
+            input_shape=self.input_shape, classes=list(train_set.classes), device_data=device_data)
+
+
+@register("cifar10")
+class Cifar10(_Cifar):
+    """CIFAR-10: 50,000 train / 10,000 test 32x32 colour images, 10 classes."""
+
+    num_classes = 10
+    tv_class = tvd.CIFAR10
+    display = "cifar10"
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+
+
+@register("cifar100")
+class Cifar100(_Cifar):
+    """CIFAR-100: 50,000 train / 10,000 test 32x32 colour images, 100 classes."""
+
+    num_classes = 100
+    tv_class = tvd.CIFAR100
+    display = "cifar100"
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)

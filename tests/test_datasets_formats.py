@@ -1,0 +1,324 @@
+"""Datasets from tiny files in their real on-disk formats (CIFAR python pickles, the TinyImageNet zip,
+ImageFolder trees), loaded through the real code paths; missing / offline data gives a clear error.
+
+The ``write_*`` helpers are also used by the device-loader and training-loop tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import datasets as tvd
+
+import data
+from data._common import ENV_VAR, DatasetUnavailable, resolve_root
+from data.tinyimagenet import TinyImageNet
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _pickle(path: Path, obj: dict) -> None:
+    path.write_bytes(pickle.dumps(obj, protocol=2))
+
+
+def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 20, n_test: int = 30,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """CIFAR-10 python pickles (5 train batches + test + batches.meta) under root/cifar-10-batches-py;
+    torchvision's expected md5 list is pointed at these files.  Returns (x_train HWC, y_train, x_test, y_test)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    xs, ys, train_list = [], [], []
+    for b in range(1, 6):
+        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in (np.arange(per_batch) + b) % 10]
+        _pickle(folder / f"data_batch_{b}", {"batch_label": f"training batch {b} of 5", "data": x, "labels": y})
+        train_list.append([f"data_batch_{b}", _md5(folder / f"data_batch_{b}")])
+        xs.append(x)
+        ys += y
+    x_test = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    y_test = [int(v) for v in np.arange(n_test) % 10]
+    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "data": x_test, "labels": y_test})
+    _pickle(folder / "batches.meta", {"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch})
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", train_list)
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
+                                              "md5": _md5(folder / "batches.meta")})
+    to_hwc = lambda a: a.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return to_hwc(np.concatenate(xs)), np.array(ys), to_hwc(x_test), np.array(y_test)
+
+
+def write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch, n_train: int = 300, n_test: int = 100) -> None:
+    rng = np.random.default_rng(1)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        _pickle(folder / name, {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                "fine_labels": [int(v) for v in np.arange(n) % 100],
+                                "coarse_labels": [int(v) for v in np.arange(n) % 20]})
+    _pickle(folder / "meta", {"fine_label_names": [f"class{i:02d}" for i in range(100)],
+                              "coarse_label_names": [f"super{i}" for i in range(20)]})
+    monkeypatch.setattr(tvd.CIFAR100, "train_list", [["train", _md5(folder / "train")]])
+    monkeypatch.setattr(tvd.CIFAR100, "test_list", [["test", _md5(folder / "test")]])
+    monkeypatch.setattr(tvd.CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names",
+                                               "md5": _md5(folder / "meta")})
+
+
+def _jpeg(rng: np.random.Generator, size: tuple[int, int] = (64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+WNIDS = ["n01443537", "n01629819", "n01641577"]
+
+
+def write_tiny_zip(path: Path, per_class: int = 4, val_per_class: int = 2) -> dict[str, str]:
+    """A TinyImageNet zip in the official layout; returns {val file name: wnid}."""
+    rng = np.random.default_rng(2)
+    top = "tiny-imagenet-200"
+    annotations: dict[str, str] = {}
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{top}/wnids.txt", "\n".join(WNIDS) + "\n")
+        zf.writestr(f"{top}/words.txt", "\n".join(f"{w}\tthing {i}" for i, w in enumerate(WNIDS)) + "\n")
+        for w in WNIDS:
+            boxes = []
+            for i in range(per_class):
+                zf.writestr(f"{top}/train/{w}/images/{w}_{i}.JPEG", _jpeg(rng))
+                boxes.append(f"{w}_{i}.JPEG\t0\t0\t63\t63")
+            zf.writestr(f"{top}/train/{w}/{w}_boxes.txt", "\n".join(boxes) + "\n")
+        k = 0
+        for _ in range(val_per_class):
+            for w in WNIDS:
+                name = f"val_{k}.JPEG"
+                zf.writestr(f"{top}/val/images/{name}", _jpeg(rng))
+                annotations[name] = w
+                k += 1
+        zf.writestr(f"{top}/val/val_annotations.txt",
+                    "\n".join(f"{n}\t{w}\t0\t0\t63\t63" for n, w in annotations.items()) + "\n")
+        zf.writestr(f"{top}/test/images/test_0.JPEG", _jpeg(rng))
+    return annotations
+
+
+def write_image_tree(folder: Path, splits: tuple[str, ...] = ("train", "test"),
+                     classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 3,
+                     size: tuple[int, int] = (40, 30), fmt: str = "PNG") -> None:
+    rng = np.random.default_rng(3)
+    for split in splits:
+        for c in classes:
+            d = folder / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.{fmt.lower()}", format=fmt)
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+def test_cifar10_loads_the_python_pickles_with_their_integrity_check(tmp_path: Path, monkeypatch) -> None:
+    x_train, y_train, x_test, y_test = write_cifar10(tmp_path, monkeypatch)
+    splits = data.get("CIFAR10")(root=str(tmp_path), download=False).load()
+    assert (splits.num_classes, splits.input_shape, splits.classes) == (10, (3, 32, 32), CIFAR10_CLASSES)
+    assert len(splits.train) == 100 and len(splits.test) == 30
+    assert np.array_equal(splits.train_targets, y_train)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+    img, label = splits.test[7]
+    expected = (torch.from_numpy(x_test[7]).permute(2, 0, 1).float() / 255 - mean) / std
+    assert label == y_test[7] and torch.allclose(img, expected, atol=1e-6)
+    img, label = splits.train_eval[42]
+    expected = (torch.from_numpy(x_train[42]).permute(2, 0, 1) / 255 - mean) / std
+    assert label == y_train[42] and torch.allclose(img, expected, atol=1e-6)
+    torch.manual_seed(0)
+    aug = torch.stack([splits.train[42][0] for _ in range(8)])
+    assert aug.shape == (8, 3, 32, 32) and not all(torch.equal(aug[0], a) for a in aug[1:])  # random crops/flips
+    dd = splits.device_data()
+    assert dd.train_images.dtype == torch.uint8 and dd.train_images.shape == (100, 3, 32, 32)
+    assert torch.equal(dd.train_images[42], torch.from_numpy(x_train[42]).permute(2, 0, 1))
+    assert (dd.padding, dd.flip) == (4, True)
+
+
+def test_cifar_corrupted_file_fails_the_md5_check_with_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    write_cifar10(tmp_path, monkeypatch)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    raw = bytearray(batch.read_bytes())
+    raw[-5] ^= 0xFF
+    batch.write_bytes(bytes(raw))
+    with pytest.raises(DatasetUnavailable, match="md5") as err:
+        data.get("cifar10")(root=str(tmp_path), download=False).load()
+    assert "data_batch_3" in str(err.value)
+
+
+def test_cifar100_uses_fine_labels(tmp_path: Path, monkeypatch) -> None:
+    write_cifar100(tmp_path, monkeypatch)
+    splits = data.get("cifar100")(root=str(tmp_path), download=False, augment=False).load()
+    assert splits.num_classes == 100 and len(splits.train) == 300 and len(splits.test) == 100
+    assert splits.classes[:2] == ["class00", "class01"]
+    assert np.array_equal(splits.train_targets, np.arange(300) % 100)
+    img0, _ = splits.train[0]
+    assert torch.equal(img0, splits.train[0][0])  # augment=False: deterministic
+
+
+def test_missing_cifar_without_download_says_what_and_where(tmp_path: Path) -> None:
+    with pytest.raises(DatasetUnavailable) as err:
+        data.get("cifar10")(root=str(tmp_path / "nowhere"), download=False).load()
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py" / "data_batch_1") in msg
+    assert "batches.meta" in msg and "dataset.download" in msg and ENV_VAR in msg
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
+
+
+def test_offline_download_failure_is_wrapped_not_a_urllib_traceback(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tvd.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # nothing listens
+    with pytest.raises(DatasetUnavailable) as err:
+        data.get("cifar10")(root=str(tmp_path), download=True).load()
+    assert "download of http://127.0.0.1:9/cifar-10-python.tar.gz failed" in str(err.value)
+    assert err.value.__suppress_context__ and err.value.__cause__ is None
+
+
+def test_datasets_root_precedence(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert resolve_root("./datasets") == Path("./datasets") and resolve_root(None) == Path("./datasets")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path))
+    assert resolve_root("./datasets") == tmp_path and resolve_root(None) == tmp_path
+    assert resolve_root(str(tmp_path / "mine")) == tmp_path / "mine"  # an explicit root wins
+    assert data.get("cifar10")(root="./datasets").root == tmp_path
+
+
+# --------------------------------------------------------------------------------------- TinyImageNet
+def _use_zip(monkeypatch, src: Path) -> None:
+    monkeypatch.setattr(TinyImageNet, "URL", src.resolve().as_uri())
+    monkeypatch.setattr(TinyImageNet, "MD5", _md5(src))
+
+
+def test_tinyimagenet_downloads_verifies_extracts_and_sorts_val_once(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "mirror" / "tiny-imagenet-200.zip"
+    src.parent.mkdir()
+    annotations = write_tiny_zip(src)
+    _use_zip(monkeypatch, src)
+    root = tmp_path / "datasets"
+    splits = data.get("TinyImageNet")(root=str(root), download=True).load()
+    folder = root / "tiny-imagenet-200"
+    assert (root / "tiny-imagenet-200.zip").is_file() and (folder / "wnids.txt").is_file()
+    assert splits.num_classes == 3 and splits.classes == WNIDS and splits.input_shape == (3, 64, 64)
+    assert len(splits.train) == 12 and np.array_equal(np.bincount(splits.train_targets), [4, 4, 4])
+    assert len(splits.test) == 6
+    for path, label in splits.test.samples:
+        assert WNIDS[label] == annotations[Path(path).name] and Path(path).parent.name == WNIDS[label]
+    assert sorted(p.name for p in (folder / "val" / "images").iterdir()) == sorted(annotations)  # original kept
+    x, y = splits.test[0]
+    assert x.shape == (3, 64, 64) and y == splits.test.samples[0][1]
+    assert not list(root.glob(".*tmp-*")) and not list(folder.glob(".*tmp-*"))
+    # second run: no download (the mirror is gone), same splits
+    monkeypatch.setattr(TinyImageNet, "URL", "http://127.0.0.1:9/gone.zip")
+    again = data.get("tinyimagenet")(root=str(root), download=True).load()
+    assert again.test.samples == splits.test.samples and len(again.train) == 12
+
+
+def test_tinyimagenet_crash_while_sorting_val_leaves_no_half_built_folder(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "tiny-imagenet-200.zip"
+    write_tiny_zip(src)
+    _use_zip(monkeypatch, src)
+    import data.tinyimagenet as tin
+
+    real = tin._link_or_copy
+    calls = {"n": 0}
+
+    def crash_on_third(a: Path, b: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full (simulated)")
+        real(a, b)
+
+    monkeypatch.setattr(tin, "_link_or_copy", crash_on_third)
+    with pytest.raises(OSError, match="simulated"):
+        data.get("tinyimagenet")(root=str(tmp_path), download=False).load()
+    folder = tmp_path / "tiny-imagenet-200"
+    assert not (folder / "val_by_class").exists() and not list(folder.glob(".val_by_class.tmp-*"))
+    monkeypatch.setattr(tin, "_link_or_copy", real)
+    splits = data.get("tinyimagenet")(root=str(tmp_path), download=False).load()
+    assert len(splits.test) == 6 and sum(1 for _ in (folder / "val_by_class").rglob("*.JPEG")) == 6
+
+
+def test_tinyimagenet_bad_checksum_and_missing_data_errors(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "mirror.zip"
+    write_tiny_zip(src)
+    monkeypatch.setattr(TinyImageNet, "URL", src.resolve().as_uri())
+    monkeypatch.setattr(TinyImageNet, "MD5", "0" * 32)
+    root = tmp_path / "datasets"
+    with pytest.raises(DatasetUnavailable, match="expected 0{32}"):
+        data.get("tinyimagenet")(root=str(root), download=True).load()
+    assert not (root / "tiny-imagenet-200.zip").exists() and not list(root.glob("*.partial-*"))
+    with pytest.raises(DatasetUnavailable) as err:
+        data.get("tinyimagenet")(root=str(root), download=False).load()
+    msg = str(err.value)
+    assert str(root / "tiny-imagenet-200" / "wnids.txt") in msg and "tiny-imagenet-200.zip" in msg
+    assert TinyImageNet.URL in msg
+
+
+# ------------------------------------------------------------------------------ imagefolder / imagenet
+def test_imagefolder_resizes_computes_and_caches_normalisation(tmp_path: Path) -> None:
+    folder = tmp_path / "mydata"
+    write_image_tree(folder, splits=("train", "val"))  # no test/: 'auto' falls back to val/
+    src = data.get("imagefolder")(root=str(tmp_path), path="mydata", image_size=16)
+    splits = src.load()
+    assert splits.num_classes == 3 and splits.classes == ["a", "b", "c"] and splits.input_shape == (3, 16, 16)
+    assert len(splits.train) == 9 and len(splits.test) == 9
+    # the statistics are those of the resized training images
+    from data._images import FitSquare, load_rgb
+
+    pix = np.stack([np.asarray(FitSquare(16)(load_rgb(p)), dtype=np.float64) / 255 for p, _ in splits.train.samples])
+    mean, std = pix.mean(axis=(0, 1, 2)), pix.std(axis=(0, 1, 2))
+    x, _ = splits.train_eval[0]
+    chw = lambda v: torch.tensor(v).view(3, 1, 1)
+    first = torch.from_numpy(pix[0]).permute(2, 0, 1)
+    expected = (first - chw(mean)) / chw(std)
+    assert x.shape == (3, 16, 16) and torch.allclose(x.double(), expected, atol=1e-5)
+    (cache,) = (folder / ".pai_cache").glob("stats-cifar-16-*.json")
+    payload = json.loads(cache.read_text())
+    assert np.allclose(payload["mean"], mean) and np.allclose(payload["std"], std)
+    payload["mean"] = [0.25, 0.5, 0.75]
+    cache.write_text(json.dumps(payload))
+    again = data.get("imagefolder")(root=str(tmp_path), path="mydata", image_size=16).load()
+    x2, _ = again.train_eval[0]
+    assert torch.allclose(x2.double(), (first - chw([0.25, 0.5, 0.75])) / chw(std), atol=1e-5)  # read from the cache
+    dd = splits.device_data()
+    assert dd.train_images.shape == (9, 3, 16, 16)
+    assert torch.equal(dd.train_targets, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+
+
+def test_imagefolder_given_constants_imagenet_preset_and_errors(tmp_path: Path) -> None:
+    write_image_tree(tmp_path / "d", splits=("train", "test"), fmt="JPEG", size=(48, 48))
+    opts = dict(path=str(tmp_path / "d"), image_size=32, augment="imagenet", mean=[0.5] * 3, std=[0.25] * 3)
+    splits = data.get("imagefolder")(root="unused", **opts).load()
+    assert splits.train[0][0].shape == (3, 32, 32) and splits.test[0][0].shape == (3, 32, 32)
+    assert splits.device_data is None  # resized crops cannot be done on the device loader
+    assert not (tmp_path / "d" / ".pai_cache").exists()  # constants given: nothing computed
+    with pytest.raises(DatasetUnavailable) as err:
+        data.get("imagefolder")(root=str(tmp_path), path="absent").load()
+    assert str(tmp_path / "absent" / "train") in str(err.value) and "dataset.options.path" in str(err.value)
+    from utils.typed import ConfigError
+
+    with pytest.raises(ConfigError, match="required"):
+        data.get("imagefolder")(root=str(tmp_path))
+
+
+def test_imagenet_reads_an_imagefolder_root(tmp_path: Path) -> None:
+    write_image_tree(tmp_path / "imagenet", splits=("train", "val"), classes=("n01", "n02"), fmt="JPEG", size=(50, 40))
+    splits = data.get("ImageNet")(root=str(tmp_path), image_size=32).load()
+    assert splits.num_classes == 2 and splits.classes == ["n01", "n02"] and len(splits.test) == 6
+    assert splits.train[0][0].shape == (3, 32, 32) and splits.test[0][0].shape == (3, 32, 32)
+    with pytest.raises(DatasetUnavailable, match="image-net.org"):
+        data.get("imagenet")(root=str(tmp_path / "none")).load()
