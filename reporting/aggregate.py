@@ -1,0 +1,186 @@
+"""Aggregate completed runs over seeds and lay them out as the paper-style table.
+
+Rows are (dataset, model, criterion, warmup) plus a *variant* label, columns are sparsities, cells
+are ``mean ± std (n)`` over seeds (sample std, ddof=1; ``–`` when n = 1).  Runs are averaged only
+when their resolved configs are identical apart from the seed (same ``group``); when groups that
+would share a cell differ in other fields, each gets its own row whose variant names those fields.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from reporting.runs import OPTIONS_SEED_FIELD, RunSet, comparable_fields, group_hash, is_dense
+
+ROW_KEYS = ["dataset", "model", "criterion", "warmup"]
+# fields shown as rows / columns of the table (and the seed, which is averaged over)
+DISPLAY_FIELDS = ("dataset.class", "model.class", "training.compressor.class", "training.compressor.warmup",
+                  "training.compressor.sparsity")
+OPTIONS_PREFIX = "training.compressor.options"
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith("loss")
+
+
+def _short(path: str) -> str:
+    return path[len("training."):] if path.startswith("training.") else path
+
+
+def _fmt_value(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def setting_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields that are neither displayed (row/column keys) nor the seed nor hash-excluded."""
+    return {k: v for k, v in comparable_fields(config).items() if k not in DISPLAY_FIELDS}
+
+
+def differing_fields(settings: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Fields whose value is not the same in every dict (a missing key counts as a value)."""
+    keys = sorted(set().union(*settings)) if settings else []
+    out: dict[str, list[Any]] = {}
+    for k in keys:
+        values = []
+        for s in settings:
+            v = s.get(k, "<absent>")
+            if v not in values:
+                values.append(v)
+        if len(values) > 1:
+            out[k] = sorted(values, key=lambda v: (v is None, isinstance(v, str), v if not isinstance(v, str)
+                                                   and v is not None else str(v)))
+    return out
+
+
+@dataclass
+class Grouping:
+    """Variant label per group and the fields that differ between groups of the whole report."""
+
+    variant: dict[str, str] = field(default_factory=dict)
+    global_differences: dict[str, list[Any]] = field(default_factory=dict)
+    row_differences: dict[tuple, dict[str, list[Any]]] = field(default_factory=dict)
+
+
+def assign_variants(runset: RunSet, runs: pd.DataFrame) -> Grouping:
+    """Split rows whose groups differ in fields other than the row/column keys; name those fields."""
+    out = Grouping()
+    first_dir = runs.groupby("group")["run_dir"].first()
+    settings = {g: setting_fields(runset.configs[d]) for g, d in first_dir.items()}
+    global_settings = [{k: v for k, v in s.items() if not k.startswith(OPTIONS_PREFIX)} for s in settings.values()]
+    out.global_differences = differing_fields(global_settings)
+    for key, part in runs.groupby(ROW_KEYS, dropna=False, sort=True):
+        groups = list(dict.fromkeys(part["group"]))
+        distinct: list[dict[str, Any]] = []
+        for g in groups:
+            if settings[g] not in distinct:
+                distinct.append(settings[g])
+        if len(distinct) == 1:
+            for g in groups:
+                out.variant[g] = ""
+            continue
+        diff = differing_fields(distinct)
+        out.row_differences[tuple(key)] = diff
+        for g in groups:
+            out.variant[g] = ", ".join(f"{_short(k)}={_fmt_value(settings[g].get(k, '<absent>'))}"
+                                       for k in diff)
+    return out
+
+
+def aggregate(runset: RunSet, metric: str) -> tuple[pd.DataFrame, Grouping]:
+    """One row per group: keys, variant, sparsity, mean, std, n, seeds, best (per dataset/model/sparsity)."""
+    runs = runset.completed()
+    if metric not in runs.columns:
+        runs = runs.iloc[0:0]
+    runs = runs[runs[metric].notna()] if len(runs) else runs
+    cols = ROW_KEYS + ["variant", "sparsity", "group", "metric", "mean", "std", "n", "seeds", "dense", "best"]
+    if runs.empty:
+        return pd.DataFrame(columns=cols), Grouping()
+    grouping = assign_variants(runset, runs)
+    runs = runs.assign(variant=runs["group"].map(grouping.variant))
+    agg = (runs.groupby(ROW_KEYS + ["variant", "sparsity", "group"], dropna=False, sort=True)
+           .agg(mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"),
+                seeds=("seed", lambda s: ",".join(str(int(x)) for x in sorted(s))))
+           .reset_index())
+    agg["metric"] = metric
+    agg["dense"] = agg["criterion"].map(is_dense)
+    agg["best"] = False
+    for _, part in agg[~agg["dense"]].groupby(["dataset", "model", "sparsity"]):
+        target = part["mean"].min() if lower_is_better(metric) else part["mean"].max()
+        agg.loc[part.index[(part["mean"] - target).abs() <= 1e-12], "best"] = True
+    return agg[cols], grouping
+
+
+def format_cell(mean: float, std: float, n: int, scale: float) -> str:
+    """``"97.78 ± 0.31 (3)"``; ``–`` replaces the std of a single run."""
+    sd = "–" if n < 2 or std is None or (isinstance(std, float) and math.isnan(std)) else f"{std * scale:.2f}"
+    return f"{mean * scale:.2f} ± {sd} ({n})"
+
+
+def metric_scale(metric: str) -> float:
+    """Accuracy-like metrics are shown in percent, losses as they are."""
+    return 1.0 if lower_is_better(metric) else 100.0
+
+
+def pivot_table(agg: pd.DataFrame, *, bold: tuple[str, str] = ("**", "**"),
+                metric: str = "best_val_test_acc") -> pd.DataFrame:
+    """Display table: index (dataset, model, criterion, warmup, variant), columns ``s=<sparsity>``.
+
+    The dense baseline row repeats its value in every sparsity column of its dataset/model block (it is
+    the reference each column is read against) and is never marked best.
+    """
+    if agg.empty:
+        return pd.DataFrame()
+    scale = metric_scale(metric)
+    sparsities = sorted(agg.loc[~agg["dense"], "sparsity"].unique()) or [0.0]
+    columns = [f"s={s:g}" for s in sparsities]
+    records = []
+    for key, part in agg.groupby(ROW_KEYS + ["variant"], dropna=False, sort=False):
+        dense = bool(part["dense"].iloc[0])
+        row: dict[str, Any] = dict(zip(ROW_KEYS + ["variant"], key))
+        row["criterion"] = "dense" if dense else row["criterion"]
+        for s, col in zip(sparsities, columns):
+            hit = part if dense else part[part["sparsity"] == s]
+            if hit.empty:
+                row[col] = ""
+                continue
+            r = hit.iloc[0]
+            text = format_cell(r["mean"], r["std"], int(r["n"]), scale)
+            row[col] = f"{bold[0]}{text}{bold[1]}" if r["best"] else text
+        row["_order"] = (key[0], key[1], 0 if dense else 1, str(key[2]), key[3], key[4])
+        records.append(row)
+    table = pd.DataFrame(records).sort_values("_order", key=lambda s: s.map(_sortable)).drop(columns="_order")
+    if (table["variant"] == "").all():
+        table = table.drop(columns="variant")
+    return table.set_index([c for c in ROW_KEYS + ["variant"] if c in table.columns])
+
+
+def _sortable(order: tuple) -> tuple:
+    return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in order)
+
+
+def options_seed_groups(runset: RunSet) -> dict[str, list[str]]:
+    """Completed runs that differ only in ``training.compressor.options.seed`` (>= 2 distinct seeds)."""
+    runs = runset.completed()
+    runs = runs[runs["options_seed"].notna()] if "options_seed" in runs.columns else runs.iloc[0:0]
+    buckets: dict[str, list[str]] = {}
+    for run_dir in runs["run_dir"]:
+        cfg = runset.configs.get(run_dir)
+        if cfg is None:
+            continue
+        key = group_hash(cfg, drop_options_seed=True) + f"-seed{cfg.get('general', {}).get('seed')}"
+        buckets.setdefault(key, []).append(run_dir)
+    out = {}
+    for key, dirs in buckets.items():
+        seeds = {runs.loc[runs["run_dir"] == d, "options_seed"].iloc[0] for d in dirs}
+        if len(seeds) >= 2:
+            out[key] = sorted(dirs)
+    return out
+
+
+__all__ = ["ROW_KEYS", "DISPLAY_FIELDS", "OPTIONS_SEED_FIELD", "Grouping", "aggregate", "assign_variants",
+           "differing_fields", "format_cell", "pivot_table", "options_seed_groups", "setting_fields",
+           "metric_scale", "lower_is_better"]

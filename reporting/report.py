@@ -1,0 +1,295 @@
+"""``python main.py report RESULTS_DIR``: tables, CSVs, LaTeX, figures and the list of runs to redo.
+
+Writes into the report folder::
+
+    report.md         everything below in one page (table, differing fields, problems, figures)
+    table.md          the Markdown table (also printed)      table.tex   the same table (booktabs)
+    runs.csv          one row per run folder (any status)    aggregated.csv  one row per group
+    issues.csv        failed / interrupted / running / broken / invalid / missing grid points
+    rerun.txt         config files to run again (python main.py run $(cat rerun.txt))
+    overlap.csv, stability.csv, layer_density.csv
+    figures/*.png, figures/*.pdf
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+from tqdm import tqdm
+
+from reporting import figures as figs
+from reporting.aggregate import Grouping, aggregate, metric_scale, options_seed_groups, pivot_table
+from reporting.masks import chance_iou, load_mask, mask_iou, pairing_key
+from reporting.render import to_latex, to_markdown
+from reporting.runs import RunSet, is_dense, load_runs
+from utils.config import load_config
+from utils.io import write_text
+from utils.resolve import resolve
+from utils.results import run_dir
+from utils.typed import ConfigError
+
+ISSUE_COLUMNS = ["status", "config_file", "run_dir", "reason"]
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` computed and where it wrote it."""
+
+    out: Path
+    metric: str
+    n_runs: int
+    aggregated: pd.DataFrame
+    table: pd.DataFrame
+    issues: pd.DataFrame
+    grouping: Grouping
+    sparsity: float | None = None
+    overlap: dict[tuple, pd.DataFrame] = field(default_factory=dict)
+    stability: pd.DataFrame = field(default_factory=pd.DataFrame)
+    density: pd.DataFrame = field(default_factory=pd.DataFrame)
+    figures: list[Path] = field(default_factory=list)
+    markdown: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- issues
+def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None) -> pd.DataFrame:
+    """Runs that did not complete, invalid configs, and (with a sweep folder) grid points never run.
+
+    A sweep config is matched to its run folder exactly as the runner does: ``run_dir(root, resolved)``.
+    """
+    runs = runset.runs
+    rows = [{k: _none(v) for k, v in r.items()}
+            for _, r in runs.loc[runs["status"] != "completed", ISSUE_COLUMNS].iterrows()]
+    for row in rows:
+        if row["status"] == "running":
+            row["reason"] = row["reason"] or "status 'running': in progress, or killed without a trace"
+    invalid_files = {str(Path(r["config_file"]).resolve()) for r in runset.invalid if r.get("config_file")}
+    rows += [{k: r.get(k) for k in ISSUE_COLUMNS} for r in runset.invalid]
+    if sweep_dir is not None:
+        by_dir = {str(Path(d).resolve()): i for i, d in enumerate(runs["run_dir"])}
+        by_file: dict[str, list[str]] = {}
+        for d, f in zip(runs["run_dir"], runs["config_file"]):
+            if isinstance(f, str) and f:
+                by_file.setdefault(str(Path(f).resolve()), []).append(d)
+        files = sorted(Path(sweep_dir).glob("*.json"))
+        if not files:
+            rows.append({"status": "missing", "config_file": str(sweep_dir), "run_dir": None,
+                         "reason": "no *.json configs in the sweep folder"})
+        for f in files:
+            try:
+                resolved = resolve(load_config(f), str(f)).to_dict()
+            except ConfigError as exc:
+                if str(f.resolve()) not in invalid_files:
+                    rows.append({"status": "invalid", "config_file": str(f), "run_dir": None,
+                                 "reason": "; ".join(str(p) for p in exc.problems)})
+                continue
+            target = run_dir(runset.root, resolved)
+            i = by_dir.get(str(target.resolve()))
+            if i is None:
+                stale = by_file.get(str(f.resolve()))
+                reason = "no run folder for this config"
+                if stale:
+                    reason += (" (this file was run into " + ", ".join(stale) + " with a different resolved config: "
+                               "the file or the framework's defaults changed since)")
+                rows.append({"status": "missing", "config_file": str(f), "run_dir": str(target), "reason": reason})
+                continue
+            for row in rows:
+                if row["run_dir"] and Path(row["run_dir"]).resolve() == target.resolve() and not row["config_file"]:
+                    row["config_file"] = str(f)
+    out = pd.DataFrame(rows, columns=ISSUE_COLUMNS).astype(object)
+    out = out.where(out.notna(), None)
+    order = {"failed": 0, "interrupted": 1, "broken": 2, "running": 3, "invalid": 4, "missing": 5}
+    return out.sort_values(["status", "config_file"], key=lambda s: s.map(lambda v: order.get(v, 9))
+                           if s.name == "status" else s.fillna("")).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------- masks
+def _closest(values: list[float], target: float) -> float | None:
+    return min(values, key=lambda v: (abs(v - target), -v)) if values else None
+
+
+def _at_sparsity(runs: pd.DataFrame, s: float) -> pd.DataFrame:
+    return runs[(~runs["criterion"].map(is_dense)) & runs["sparsity"].map(lambda x: math.isclose(x, s))]
+
+
+def layer_density_frame(runset: RunSet, sparsity: float) -> pd.DataFrame:
+    """Mean remaining density per (dataset, model, warmup, criterion, layer) over seeds at this sparsity."""
+    rows = []
+    for _, r in _at_sparsity(runset.completed(), sparsity).iterrows():
+        dens = runset.results.get(r["run_dir"], {}).get("layer_density") or {}
+        for i, (layer, d) in enumerate(dens.items()):
+            rows.append({"dataset": r["dataset"], "model": r["model"], "warmup": r["warmup"],
+                         "criterion": r["criterion"], "layer": layer, "layer_index": i, "density": d})
+    cols = ["dataset", "model", "warmup", "criterion", "layer", "layer_index"]
+    if not rows:
+        return pd.DataFrame(columns=cols + ["density", "n"])
+    frame = pd.DataFrame(rows)
+    return frame.groupby(cols, sort=True).agg(density=("density", "mean"), n=("density", "size")).reset_index()
+
+
+def overlap_matrices(runset: RunSet, sparsity: float, progress: bool = True) -> dict[tuple, pd.DataFrame]:
+    """(dataset, model, warmup) -> criteria x criteria mean IoU over runs paired by seed and settings."""
+    runs = _at_sparsity(runset.completed(), sparsity)
+    out: dict[tuple, pd.DataFrame] = {}
+    for key, block in runs.groupby(["dataset", "model", "warmup"], sort=True):
+        ious: dict[tuple[str, str], list[float]] = {}
+        pairs = block.assign(pair=block["run_dir"].map(lambda d: pairing_key(runset.configs[d])))
+        for _, part in tqdm(list(pairs.groupby("pair")), desc=f"mask overlap {key[0]}/{key[1]}",
+                            disable=not progress or len(pairs) < 20):
+            if part["criterion"].nunique() < 2:
+                continue
+            masks = {d: load_mask(d) for d in part["run_dir"]}
+            crit = dict(zip(part["run_dir"], part["criterion"]))
+            for a, b in itertools.combinations(sorted(masks), 2):
+                if crit[a] == crit[b] or masks[a] is None or masks[b] is None:
+                    continue
+                ca, cb = sorted((crit[a], crit[b]))
+                ious.setdefault((ca, cb), []).append(mask_iou(masks[a], masks[b]))
+        if not ious:
+            continue
+        names = sorted({c for pair in ious for c in pair})
+        matrix = pd.DataFrame(float("nan"), index=pd.Index(names, name="criterion"), columns=names)
+        for c in names:
+            matrix.loc[c, c] = 1.0
+        for (a, b), values in ious.items():
+            matrix.loc[a, b] = matrix.loc[b, a] = sum(values) / len(values)
+        out[key] = matrix
+    return out
+
+
+def stability_frame(runset: RunSet) -> pd.DataFrame:
+    """Mask IoU between runs that differ only in ``training.compressor.options.seed``."""
+    runs = runset.runs.set_index("run_dir")
+    rows = []
+    for dirs in options_seed_groups(runset).values():
+        masks = {d: load_mask(d) for d in dirs}
+        values = [mask_iou(masks[a], masks[b]) for a, b in itertools.combinations(dirs, 2)
+                  if masks[a] is not None and masks[b] is not None]
+        r = runs.loc[dirs[0]]
+        for v in values:
+            rows.append({"dataset": r["dataset"], "model": r["model"], "warmup": r["warmup"],
+                         "criterion": r["criterion"], "sparsity": r["sparsity"], "iou": v})
+    cols = ["dataset", "model", "warmup", "criterion", "sparsity"]
+    if not rows:
+        return pd.DataFrame(columns=cols + ["mean", "std", "pairs", "chance"])
+    frame = (pd.DataFrame(rows).groupby(cols, sort=True)
+             .agg(mean=("iou", "mean"), std=("iou", "std"), pairs=("iou", "size")).reset_index())
+    frame["chance"] = frame["sparsity"].map(chance_iou)
+    return frame
+
+
+# -------------------------------------------------------------------------------------------- report
+def build_report(results: str | Path, out: str | Path, *, metric: str = "best_val_test_acc",
+                 sweep_dir: str | Path | None = None, sparsity: float | None = None, figures: bool = True,
+                 progress: bool = True, log: Callable[[str], None] = print) -> Report:
+    """Read every run under ``results`` and write the report folder ``out`` (see the module docstring)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runset = load_runs(results, progress=progress)
+    if not runset.completed().empty and metric not in runset.runs.columns:
+        known = sorted(c for c in runset.runs.columns if c.startswith(("final_test_", "best_val_test_")))
+        log(f"warning: no completed run has '{metric}' in results.json; available: {', '.join(known)}")
+    agg, grouping = aggregate(runset, metric)
+    md_table = pivot_table(agg, metric=metric)
+    tex_table = pivot_table(agg, bold=(r"\textbf{", "}"), metric=metric)
+    issues = collect_issues(runset, sweep_dir)
+
+    runs_csv = runset.runs.copy()
+    if not runs_csv.empty:
+        runs_csv["variant"] = runs_csv["group"].map(grouping.variant).fillna("")
+    runs_csv.to_csv(out / "runs.csv", index=False)
+    agg.to_csv(out / "aggregated.csv", index=False)
+    issues.to_csv(out / "issues.csv", index=False)
+    rerun = sorted({f for f, st in zip(issues["config_file"], issues["status"])
+                    if f and st in ("failed", "interrupted", "missing", "broken") and Path(f).is_file()})
+    write_text(out / "rerun.txt", "".join(f + "\n" for f in rerun))
+
+    pruned = sorted(agg.loc[~agg["dense"], "sparsity"].unique()) if not agg.empty else []
+    chosen = sparsity if sparsity is not None else _closest([float(s) for s in pruned], 0.9)
+    report = Report(out, metric, len(runset.runs), agg, md_table, issues, grouping, chosen)
+    if sparsity is not None and not any(math.isclose(sparsity, float(x)) for x in pruned):
+        present = ", ".join(f"{x:g}" for x in pruned)
+        log(f"warning: no completed pruned run at sparsity {sparsity:g}; present: {present}")
+    if chosen is not None:
+        report.density = layer_density_frame(runset, chosen)
+        report.overlap = overlap_matrices(runset, chosen, progress)
+    report.stability = stability_frame(runset)
+    report.density.to_csv(out / "layer_density.csv", index=False)
+    report.stability.to_csv(out / "stability.csv", index=False)
+    overlap_rows = [{"dataset": k[0], "model": k[1], "warmup": k[2], "a": a, "b": b, "iou": m.loc[a, b],
+                     "sparsity": chosen, "chance": chance_iou(chosen)}
+                    for k, m in report.overlap.items() for a in m.index for b in m.columns if a < b]
+    pd.DataFrame(overlap_rows).to_csv(out / "overlap.csv", index=False)
+
+    if figures and not agg.empty:
+        fig_dir = out / "figures"
+        report.figures += figs.accuracy_vs_sparsity(agg, metric, fig_dir)
+        report.figures += figs.warmup_comparison(agg, metric, fig_dir)
+        if chosen is not None and not report.density.empty:
+            report.figures += figs.layer_density(report.density, chosen, fig_dir)
+        for key, matrix in report.overlap.items():
+            report.figures += figs.overlap_heatmap(
+                matrix, chosen, f"{key[0]} / {key[1]}, warmup {key[2]}: mask IoU at sparsity {chosen:g}", fig_dir,
+                figs._slug("overlap", *key[:2], f"warmup{key[2]}", f"s{chosen:g}"))
+        if not report.stability.empty:
+            report.figures += figs.stability(report.stability, fig_dir)
+
+    table_md = to_markdown(md_table)
+    write_text(out / "table.md", table_md + "\n")
+    write_text(out / "table.tex", to_latex(tex_table, metric) + "\n")
+    report.markdown = render_page(report, runset, table_md)
+    write_text(out / "report.md", report.markdown)
+    log(f"\n{metric}{' (%)' if metric_scale(metric) == 100 else ''}: mean ± std (n seeds); best per column in bold\n")
+    log(table_md)
+    log(_differences_text(grouping))
+    counts = runset.runs["status"].value_counts().to_dict() if not runset.runs.empty else {}
+    log(f"\n{len(runset.runs)} run folders ({', '.join(f'{v} {k}' for k, v in sorted(counts.items())) or 'none'}); "
+        f"{len(issues)} issue(s) listed in {out / 'issues.csv'}; "
+        f"{len([p for p in report.figures if p.suffix == '.png'])} figures; report: {out / 'report.md'}")
+    return report
+
+
+def _differences_text(grouping: Grouping) -> str:
+    lines = []
+    if grouping.global_differences:
+        lines.append("Fields that differ between groups (never averaged together):")
+        for k, values in grouping.global_differences.items():
+            lines.append(f"- `{k}`: {', '.join(map(str, values))}")
+    for key, diff in grouping.row_differences.items():
+        lines.append(f"- row {'/'.join(map(str, key))} split into variants by: {', '.join(f'`{k}`' for k in diff)}")
+    return "\n" + "\n".join(lines) if lines else ""
+
+
+def render_page(report: Report, runset: RunSet, table_md: str) -> str:
+    """The ``report.md`` page."""
+    scale = metric_scale(report.metric)
+    parts = [f"# Report: {runset.root}", "",
+             f"Metric `{report.metric}`{' in %' if scale == 100 else ''}: mean ± std (n seeds), sample std; "
+             "**bold** = best criterion per sparsity within a dataset/model; the dense row repeats its value in "
+             "every column.", "", table_md, _differences_text(report.grouping), ""]
+    parts += ["## Runs to redo", ""]
+    if report.issues.empty:
+        parts.append("None: every run folder completed (and every config of the sweep folder, if given, has a run).")
+    else:
+        parts.append(to_markdown(report.issues.fillna("").set_index("status")))
+        parts.append("\nRerun with `python main.py run $(cat rerun.txt)` (same results root).")
+    if not report.stability.empty:
+        parts += ["", "## Stability of stochastic criteria (mask IoU across estimator seeds)", "",
+                  to_markdown(report.stability.set_index(["dataset", "model", "warmup", "criterion"]).round(4))]
+    for key, matrix in report.overlap.items():
+        parts += ["", f"## Mask overlap {key[0]} / {key[1]}, warmup {key[2]}, at sparsity {report.sparsity:g} "
+                      f"(chance {chance_iou(report.sparsity):.3f})", "", to_markdown(matrix.round(3))]
+    pngs = [p for p in report.figures if p.suffix == ".png"]
+    if pngs:
+        parts += ["", "## Figures", ""]
+        parts += [f"![{p.stem}](figures/{p.name})" for p in pngs]
+    return "\n".join(parts) + "\n"
+
+
+def _none(value: Any) -> Any:
+    """NaN (pandas' missing value) -> None."""
+    return None if isinstance(value, float) and math.isnan(value) else value

@@ -1,0 +1,233 @@
+"""Grid expansion: a base config plus ``--set PATH=V1,V2`` axes -> one complete config per grid point.
+
+Paths are dotted JSON paths into the config file (``training.compressor.sparsity``); the short forms
+in :data:`SHORTCUTS` save typing (``compressor.sparsity``).  Values are parsed as JSON where possible
+(numbers, ``true``/``false``, ``null``, lists, objects) and kept as strings otherwise.  Commas inside
+brackets or quotes do not split values, so ``--set optimizer.kwargs.lr_drops=[80,120],[60,90]`` gives two.
+
+Nothing here touches the disk; :mod:`sweeps.write` validates and writes the points.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# short prefix -> full prefix (a path that starts with "<short>." is rewritten)
+SHORTCUTS: dict[str, str] = {
+    "compressor": "training.compressor",
+    "optimizer": "training.optimizer",
+    "loss": "training.criterion",
+}
+# whole-path aliases
+ALIASES: dict[str, str] = {
+    "seed": "general.seed",
+    "epochs": "training.num_steps",
+    "sparsity": "training.compressor.sparsity",
+    "criterion": "training.compressor.class",
+}
+COMPRESSOR_PREFIX = "training.compressor."
+SEED_PATH = "general.seed"
+
+
+class SweepSpecError(ValueError):
+    """A malformed ``--set`` argument (no '=', empty path or empty value list)."""
+
+
+def expand_path(path: str) -> str:
+    """Full dotted path of a possibly abbreviated one (see :data:`SHORTCUTS` and :data:`ALIASES`)."""
+    path = path.strip()
+    if path in ALIASES:
+        return ALIASES[path]
+    head, _, rest = path.partition(".")
+    if head in SHORTCUTS and rest:
+        return f"{SHORTCUTS[head]}.{rest}"
+    return path
+
+
+def split_values(text: str) -> list[str]:
+    """Split on commas that are outside brackets, braces and double quotes."""
+    parts, depth, quoted, current = [], 0, False, []
+    escaped = False
+    for ch in text:
+        if quoted:
+            current.append(ch)
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                quoted = False
+            continue
+        if ch == '"':
+            quoted = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return [p.strip() for p in parts]
+
+
+def parse_value(text: str) -> Any:
+    """JSON value where the text is valid JSON (``0.9``, ``true``, ``[80,120]``), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept field: its full dotted path, the text the user typed and the values."""
+
+    path: str
+    values: tuple[Any, ...]
+    given: str = ""
+
+    @property
+    def is_compressor_field(self) -> bool:
+        return self.path.startswith(COMPRESSOR_PREFIX)
+
+
+def parse_set(spec: str) -> Axis:
+    """``"compressor.sparsity=0.9,0.95"`` -> ``Axis("training.compressor.sparsity", (0.9, 0.95))``."""
+    if "=" not in spec:
+        raise SweepSpecError(f"--set {spec!r}: expected PATH=VALUE[,VALUE...]")
+    path, _, values = spec.partition("=")
+    if not path.strip():
+        raise SweepSpecError(f"--set {spec!r}: empty path")
+    texts = split_values(values)
+    if not values.strip() or any(t == "" for t in texts):
+        raise SweepSpecError(f"--set {spec!r}: empty value in the list")
+    parsed = tuple(parse_value(t) for t in texts)
+    seen: list[Any] = []
+    for v in parsed:
+        if v in seen:
+            raise SweepSpecError(f"--set {spec!r}: value {v!r} appears twice")
+        seen.append(v)
+    return Axis(expand_path(path), parsed, path.strip())
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``path="a.b.c"``, creating missing objects on the way."""
+    keys = path.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[keys[-1]] = copy.deepcopy(value)
+
+
+def get_path(data: dict[str, Any], path: str, default: Any = None) -> Any:
+    """``data[a][b][c]`` for ``path="a.b.c"``, or ``default`` when any step is missing."""
+    node: Any = data
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ""))
+    out = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in text)
+    return "-".join(p for p in out.split("-") if p) or "x"
+
+
+def _labels(axes: list[Axis]) -> dict[str, str]:
+    """Shortest dotted suffix of each path that is unique among the axes (``sparsity``, ``options.seed``).
+
+    A field inside a free-form dict keeps that dict's name (``options.seed`` is not ``general.seed``).
+    """
+    keys = {a.path: a.path.split(".") for a in axes}
+    length = {p: 2 if len(k) > 1 and k[-2] in ("options", "kwargs") else 1 for p, k in keys.items()}
+    while True:
+        labels = {p: ".".join(keys[p][-length[p]:]) for p in keys}
+        clashing = [p for p in keys if list(labels.values()).count(labels[p]) > 1 and length[p] < len(keys[p])]
+        if not clashing:
+            return labels
+        for p in clashing:
+            length[p] += 1
+
+
+def point_name(assignments: dict[str, Any], axes: list[Axis]) -> str:
+    """Readable file stem: ``snip_sparsity0.9_seed42``; a ``class`` value stands alone."""
+    labels = _labels(axes)
+    parts = []
+    for axis in axes:
+        if axis.path not in assignments:
+            continue
+        value = _slug(assignments[axis.path])
+        label = labels[axis.path]
+        parts.append(value if label == "class" or label.endswith(".class") else f"{label.replace('.', '-')}{value}")
+    return "_".join(parts) or "base"
+
+
+@dataclass
+class SweepPoint:
+    """One grid point: its file stem, the swept values and the complete config dict."""
+
+    name: str
+    assignments: dict[str, Any]
+    data: dict[str, Any] = field(repr=False)
+    dense: bool = False
+
+
+def expand(base: dict[str, Any], axes: list[Axis], *, with_dense: bool = False,
+           dense_class: str = "none") -> list[SweepPoint]:
+    """Every combination of the axes' values applied to a copy of ``base`` (first axis varies slowest).
+
+    With ``with_dense`` the dense baseline (``training.compressor.class = dense_class``) is added once
+    per combination of the axes that are *not* compressor fields (seed, learning rate, ...); its
+    compressor fields keep the base's values, with sparsity 0 and no criterion options.  ``general.id``
+    becomes ``<base id>_<point name>`` (or the point name) unless it is swept.
+    """
+    paths = [a.path for a in axes]
+    dupes = sorted({p for p in paths if paths.count(p) > 1})
+    if dupes:
+        raise SweepSpecError(f"swept twice: {', '.join(dupes)}")
+    points: list[SweepPoint] = []
+    for combo in itertools.product(*(a.values for a in axes)):
+        assignments = dict(zip(paths, combo))
+        data = copy.deepcopy(base)
+        for path, value in assignments.items():
+            set_path(data, path, value)
+        points.append(SweepPoint(point_name(assignments, axes), assignments, data))
+    if with_dense:
+        outer = [a for a in axes if not a.is_compressor_field]
+        dense_axes = [Axis("training.compressor.class", (dense_class,))] + outer
+        for combo in itertools.product(*(a.values for a in outer)):
+            assignments = {"training.compressor.class": dense_class, **dict(zip([a.path for a in outer], combo))}
+            data = copy.deepcopy(base)
+            for path, value in assignments.items():
+                set_path(data, path, value)
+            set_path(data, "training.compressor.sparsity", 0.0)
+            set_path(data, "training.compressor.options", {})
+            points.append(SweepPoint(point_name(assignments, dense_axes), assignments, data, dense=True))
+    base_id = get_path(base, "general.id")
+    unique: list[SweepPoint] = []
+    seen: dict[str, SweepPoint] = {}
+    for p in points:
+        if "general.id" not in assignments_keys(axes):
+            set_path(p.data, "general.id", f"{base_id}_{p.name}" if base_id else p.name)
+        if p.name in seen and seen[p.name].data == p.data:
+            continue  # e.g. the dense baseline also listed in compressor.class
+        seen[p.name] = p
+        unique.append(p)
+    return unique
+
+
+def assignments_keys(axes: list[Axis]) -> set[str]:
+    return {a.path for a in axes}

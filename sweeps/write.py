@@ -1,0 +1,132 @@
+"""Validate every grid point, then write them all (or nothing).
+
+Each point is parsed with :func:`utils.config.parse_config`, resolved against the registries with
+:func:`utils.resolve.resolve` (the model is built once per distinct dataset/model section to catch
+shape errors) and its criterion options are checked by building the criterion.  Two points that
+would run the same experiment (same resolved-config hash) are a problem too.  Only when no point has
+a problem is anything written; an existing file with different content is a problem unless
+``overwrite`` is set, an identical one is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import compressors
+from sweeps.grid import SweepPoint
+from utils.config import parse_config
+from utils.io import write_text
+from utils.resolve import resolve
+from utils.results import config_hash
+from utils.typed import ConfigError, Problem
+
+
+@dataclass
+class SweepResult:
+    """What :func:`write_sweep` did (or would have done): files by fate and every problem."""
+
+    problems: list[Problem] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    unchanged: list[Path] = field(default_factory=list)
+    overwritten: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def render(data: dict[str, Any]) -> str:
+    """The JSON text written for a config: 2-space indent, key order of the base file kept, lists of
+    numbers/strings on one line (``"lr_drops": [80, 120]``)."""
+    return _render(data, 0) + "\n"
+
+
+def _render(value: Any, depth: int) -> str:
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {_render(v, depth + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _render(v, depth + 1) for v in value) + "\n" + pad + "]"
+    return json.dumps(value, separators=(", ", ": "))
+
+
+def validate_points(points: list[SweepPoint], out: Path) -> list[Problem]:
+    """Every problem of every point (file and field named); an empty list means all are valid."""
+    problems: list[Problem] = []
+    by_name: dict[str, list[SweepPoint]] = {}
+    for p in points:
+        by_name.setdefault(p.name, []).append(p)
+    for name, same in by_name.items():
+        if len(same) > 1:
+            problems.append(Problem("", "several grid points map to this file name: "
+                                    + "; ".join(json.dumps(p.assignments) for p in same), str(out / f"{name}.json")))
+    built: set[str] = set()
+    by_hash: dict[str, list[str]] = {}
+    for p in points:
+        file = str(out / f"{p.name}.json")
+        cfg, found = parse_config(p.data, file)
+        problems.extend(found)
+        if cfg is None:
+            continue
+        model_key = json.dumps([p.data.get("dataset", {}).get("class"), p.data.get("model")], sort_keys=True,
+                               default=str)
+        try:
+            resolved = resolve(cfg, file, build_model=not found and model_key not in built)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if found:
+            continue
+        built.add(model_key)
+        comp = resolved.training.compressor
+        try:
+            compressors.build(comp.name, **comp.options)
+        except ConfigError as exc:
+            problems.extend(Problem(f"training.compressor.{q.path}", q.message, file) for q in exc.problems)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a criterion refusing its options is a config problem
+            problems.append(Problem("training.compressor.options", f"{type(exc).__name__}: {exc}", file))
+            continue
+        by_hash.setdefault(config_hash(resolved.to_dict()), []).append(file)
+    for files in by_hash.values():
+        if len(files) > 1:
+            problems.append(Problem("", "these configs would run the same experiment (identical resolved config; "
+                                        "e.g. the dense 'none' swept over sparsities - use --with-dense instead): "
+                                    + ", ".join(files), files[0]))
+    return problems
+
+
+def write_sweep(points: list[SweepPoint], out: str | Path, *, overwrite: bool = False,
+                dry_run: bool = False) -> SweepResult:
+    """Validate all points, then write ``out/<name>.json`` for each (nothing is written on any problem)."""
+    out = Path(out)
+    result = SweepResult(problems=validate_points(points, out))
+    plan: list[tuple[Path, str]] = []
+    for p in points:
+        target = out / f"{p.name}.json"
+        text = render(p.data)
+        if target.exists():
+            try:
+                same = json.loads(target.read_text(encoding="utf-8")) == p.data
+            except (OSError, json.JSONDecodeError):
+                same = False
+            if same:
+                result.unchanged.append(target)
+                continue
+            if not overwrite:
+                result.problems.append(Problem("", "exists with different content; pass --overwrite to replace it",
+                                               str(target)))
+                continue
+            result.overwritten.append(target)
+        else:
+            result.written.append(target)
+        plan.append((target, text))
+    if result.problems or dry_run:
+        return result
+    for target, text in plan:
+        write_text(target, text)
+    return result
