@@ -3,6 +3,9 @@
     python main.py run PATH [PATH ...] [--recursive] [--results DIR] [--force]
     python main.py validate PATH [PATH ...] [--recursive]
     python main.py list                          # registered datasets, models, criteria, experiments
+    python main.py sweep BASE.json --set PATH=V1,V2 [...] --out DIR [--with-dense] [--overwrite]
+    python main.py report RESULTS_DIR [--out reports/NAME] [--metric M] [--sweep DIR] [--sparsity S]
+    python main.py autos-train DATASET.pt [...] --out PREDICTOR.pt    # fit the AutoSparse predictor
     python main.py --experiment pbt --params_path DIR_OR_FILE     # the official repository's form
 """
 
@@ -78,10 +81,50 @@ def cmd_list(args: argparse.Namespace) -> int:
     import models
     import trainers
 
+    if args.fields:  # the README's config reference, generated from the typed dataclasses
+        from utils.config import ExperimentConfig
+        from utils.typed import describe_fields
+
+        print("| field | type | default | meaning |\n|---|---|---|---|")
+        for path, kind, default, meaning in describe_fields(ExperimentConfig):
+            print(f"| `{path}` | {kind} | `{default}` | {meaning} |")
+        return 0
     for title, names in (("experiments", trainers.names()), ("datasets", data.names()),
                          ("models", models.names()), ("criteria", compressors.names())):
         print(f"{title}: {', '.join(names)}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sweeps import sweep
+
+    result = sweep(args.base, args.set or [], args.out, with_dense=args.with_dense, overwrite=args.overwrite,
+                   dry_run=args.dry_run)
+    return 0 if result.ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from reporting import build_report
+
+    out = args.out or str(Path("reports") / (Path(args.results).resolve().name or "report"))
+    report = build_report(args.results, out, metric=args.metric, sweep_dir=args.sweep, sparsity=args.sparsity,
+                          figures=not args.no_figures)
+    return 0 if report.n_runs else 1
+
+
+SWEEP_HELP = """\
+Write one config per point of a grid.  PATH is a dotted path into the config file
+(training.compressor.sparsity); short forms: compressor.X = training.compressor.X,
+optimizer.X = training.optimizer.X, loss.X = training.criterion.X, and the aliases seed =
+general.seed, sparsity = training.compressor.sparsity, criterion = training.compressor.class,
+epochs = training.num_steps.  Values are JSON where possible (0.9, true, [80,120]), else strings;
+commas inside [] or {} do not split.  Every config is validated before anything is written."""
+
+
+def cmd_autos_train(args: argparse.Namespace) -> int:
+    from autosparse.cli import run as autos_train
+
+    return autos_train(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--recursive", action="store_true")
     val.set_defaults(func=cmd_validate)
     lst = sub.add_parser("list", help="list registered names")
+    lst.add_argument("--fields", action="store_true", help="print every config field as a Markdown table")
     lst.set_defaults(func=cmd_list)
+    swp = sub.add_parser("sweep", help="write one validated config per grid point", description=SWEEP_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    swp.add_argument("base", help="base config file (every field not swept is copied from it)")
+    swp.add_argument("--set", action="append", metavar="PATH=V1,V2,...",
+                     help="a swept field and its values (repeat for more axes; the grid is their product)")
+    swp.add_argument("--out", required=True, help="folder for the generated configs")
+    swp.add_argument("--with-dense", action="store_true",
+                     help="add the dense baseline (class none) once per combination of the non-compressor axes")
+    swp.add_argument("--overwrite", action="store_true", help="replace existing files whose content differs")
+    swp.add_argument("--dry-run", action="store_true", help="validate and list, write nothing")
+    swp.set_defaults(func=cmd_sweep)
+    rep = sub.add_parser("report", help="tables and figures from a results folder (never trains)")
+    rep.add_argument("results", help="results root (as given to run --results)")
+    rep.add_argument("--out", default=None, help="report folder (default: reports/<results folder name>)")
+    rep.add_argument("--metric", default="best_val_test_acc",
+                     help="results.json metric: best_val_test_acc (default), final_test_acc, *_f1, *_loss ...")
+    rep.add_argument("--sweep", default=None, help="sweep folder of configs: list grid points with no completed run")
+    rep.add_argument("--sparsity", type=float, default=None,
+                     help="sparsity of the layer-density and mask-overlap figures (default: the one closest to 0.9)")
+    rep.add_argument("--no-figures", action="store_true", help="tables and lists only")
+    rep.set_defaults(func=cmd_report)
+    from autosparse.cli import add_arguments as autos_arguments
+
+    ats = sub.add_parser("autos-train", help="fit the AutoSparse predictor on autos_dataset.pt files of irp runs")
+    autos_arguments(ats)
+    ats.set_defaults(func=cmd_autos_train)
     return parser
 
 

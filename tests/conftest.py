@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 
 TINY: dict[str, Any] = {
     "general": {"id": "tiny", "experiment": "pbt", "seed": 0, "gpu": {"ngpus": 0, "gpu_id": 0}},
@@ -31,6 +32,15 @@ def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
     for k in keys[:-1]:
         d = d.setdefault(k, {})
     d[keys[-1]] = value
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny test models are fastest single-threaded (OpenMP stalls on a busy 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -147,3 +147,10 @@ def test_interrupted_atomic_write_keeps_the_previous_file(tmp_path: Path) -> Non
 def test_missing_path_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["run", str(tmp_path / "nope")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_the_official_repository_configs_all_validate(capsys) -> None:
+    folder = Path(__file__).resolve().parent.parent / "exp_configs" / "official"
+    assert len(list(folder.glob("*.json"))) == 13
+    assert main(["validate", str(folder)]) == 0
+    assert "13 valid, 0 invalid" in capsys.readouterr().out

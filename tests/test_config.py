@@ -117,3 +117,14 @@ def test_every_field_is_documented() -> None:
 def test_resolved_config_is_json_serialisable(make_config) -> None:
     cfg = resolve(load_config(make_config()))
     assert json.loads(json.dumps(cfg.to_dict()))["training"]["compressor"]["class"] == "snip"
+
+
+def test_sections_of_other_experiments_stay_out_of_the_resolved_config(make_config) -> None:
+    from utils.results import config_hash
+
+    plain = resolve(load_config(make_config()))
+    tuned = resolve(load_config(make_config(**{"training.irp.iterations": 3})))
+    assert "irp" not in plain.to_dict()["training"] and "pat" not in plain.to_dict()["training"]
+    assert config_hash(plain.to_dict()) == config_hash(tuned.to_dict())  # pbt ignores the irp section
+    irp = resolve(load_config(make_config(**{"general.experiment": "irp", "training.irp.iterations": 3})))
+    assert irp.to_dict()["training"]["irp"]["iterations"] == 3 and "pat" not in irp.to_dict()["training"]

@@ -139,8 +139,10 @@ def test_kill_dash_nine_then_rerun_ends_with_the_same_weights(make_config, tmp_p
     cfg = make_config(**{"training.num_steps": 12, "model.options": {"width": 16},
                          "training.optimizer.kwargs.lr_drops": [6]})
     results = tmp_path / "killed"
+    # bit-exact equality needs the same intra-op thread count as this process (tests run single-threaded)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "run", str(cfg), "--results", str(results)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
     deadline = time.time() + 120
     history = None
     while time.time() < deadline and proc.poll() is None:

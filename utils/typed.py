@@ -55,10 +55,16 @@ def option(
     min_exclusive: bool = False,
     max_exclusive: bool = False,
     factory: Any = _MISSING,
+    only_for: tuple[str, ...] | None = None,
 ) -> Any:
-    """A dataclass field with help text, an optional JSON key (e.g. ``class``) and an allowed range."""
+    """A dataclass field with help text, an optional JSON key (e.g. ``class``) and an allowed range.
+
+    ``only_for`` names the experiments that use a section; for other experiments it is left out of the
+    resolved config (so it neither changes their run identity nor shows up in their reports).
+    """
     meta = {
         "help": help,
+        "only_for": only_for,
         "key": key,
         "min": min,
         "max": max,
