@@ -10,6 +10,7 @@ from compressors import register
 from compressors.base import Compressor, Scores
 from compressors.estimators import FisherResult, fisher_diagonal
 from compressors.options import ChunkOptions
+from compressors.taylor import obd_saliency, taylor_sensitivity
 
 
 class _FisherBase(Compressor):
@@ -32,9 +33,8 @@ class FisherPruner(_FisherBase):
     """FP: ``s = ½ θ² ⊙ F`` (OBD saliency with the Fisher diagonal in place of the Hessian)."""
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
-        params = dict(model.named_parameters())
         fisher = self._fisher(model, names, mask_loader, loss_fn).fisher
-        return {n: 0.5 * params[n].detach() ** 2 * fisher[n] for n in names}
+        return obd_saliency(dict(model.named_parameters()), fisher, names)
 
 
 @register("fts")
@@ -42,10 +42,5 @@ class FisherTaylorSensitivity(_FisherBase):
     """FTS: ``s = |θ ⊙ ḡ + ½ θ² ⊙ F|`` (second-order Taylor sensitivity with the Fisher diagonal)."""
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
-        params = dict(model.named_parameters())
         res = self._fisher(model, names, mask_loader, loss_fn)
-        out = {}
-        for n in names:
-            theta = params[n].detach()
-            out[n] = (theta * res.mean_grad[n] + 0.5 * theta ** 2 * res.fisher[n]).abs()
-        return out
+        return taylor_sensitivity(dict(model.named_parameters()), res.mean_grad, res.fisher, names)

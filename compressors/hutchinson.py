@@ -14,6 +14,7 @@ from compressors.base import Compressor, Scores, model_device
 from compressors.basic import estimator_generator
 from compressors.estimators import HutchinsonResult, hutchinson_diagonal
 from compressors.options import HutchinsonOptions
+from compressors.taylor import obd_saliency, taylor_sensitivity
 
 
 class _HutchinsonBase(Compressor):
@@ -42,9 +43,8 @@ class HutchPruning(_HutchinsonBase):
     """HP: ``s = ½ θ² ⊙ Ĥ`` (OBD saliency with the Hutchinson diagonal)."""
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
-        params = dict(model.named_parameters())
         diag = self._estimate(model, names, mask_loader, loss_fn).diag
-        return {n: 0.5 * params[n].detach() ** 2 * diag[n] for n in names}
+        return obd_saliency(dict(model.named_parameters()), diag, names)
 
 
 @register("hts")
@@ -53,10 +53,5 @@ class HessianTaylorSensitivity(_HutchinsonBase):
     (taken from the same per-batch passes as Ĥ)."""
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
-        params = dict(model.named_parameters())
         res = self._estimate(model, names, mask_loader, loss_fn)
-        out = {}
-        for n in names:
-            theta = params[n].detach()
-            out[n] = (theta * res.mean_grad[n] + 0.5 * theta ** 2 * res.diag[n]).abs()
-        return out
+        return taylor_sensitivity(dict(model.named_parameters()), res.mean_grad, res.diag, names)

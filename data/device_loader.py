@@ -14,13 +14,13 @@ one would.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from utils.seeding import derive_seed
+from utils.threads import single_thread_on_cpu
 
 
 def augment_batch(images: torch.Tensor, offsets: Optional[torch.Tensor], flips: Optional[torch.Tensor],
@@ -100,13 +100,13 @@ class DeviceLoader:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        with self._threads():
+        with single_thread_on_cpu(self.device):
             order = self.order().to(self.device)
             n = len(order)
             offsets, flips = self._draws(n)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            with self._threads():
+            with single_thread_on_cpu(self.device):
                 idx = order[start:start + self.batch_size]
                 batch = self.images.index_select(0, idx)
                 if offsets is not None or flips is not None:
@@ -116,17 +116,3 @@ class DeviceLoader:
                 out = self.normalise(batch), self.targets.index_select(0, idx)
             yield out
 
-    @contextlib.contextmanager
-    def _threads(self) -> Iterator[None]:
-        """On the CPU, prepare batches in one thread: these small element-wise operations gain nothing
-        from intra-op parallelism, and on a busy machine an OpenMP region waiting for a descheduled
-        thread can stall for a whole scheduler time slice (~100 ms per batch measured on 2 shared cores)."""
-        if self.device.type != "cpu":
-            yield
-            return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)

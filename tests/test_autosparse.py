@@ -24,15 +24,6 @@ N_ITER = 4
 SHAPES = {"conv1.weight": (12, 3, 3, 3), "conv2.weight": (16, 12, 3, 3), "fc.weight": (10, 64)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared, busy machine: one intra-op thread is many times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def synthetic(seed: int) -> dict:
     """theta0, g0 with a different scale per tensor; the surviving score grows with |theta0| / std
     (standardised magnitude), quantised to 0..N -- a monotone target."""

@@ -20,15 +20,6 @@ from data.loaders import EpochShuffler, build_loaders
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is as fast and immune to OpenMP stalls on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _candidates(img: torch.Tensor, padding: int) -> dict[tuple[int, int, bool], torch.Tensor]:
     """Every output torchvision's RandomCrop(size, padding) + RandomHorizontalFlip can give for ``img``."""
     h, w = img.shape[1:]

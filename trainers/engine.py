@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterable, Optional
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from utils.config import OptimizerConfig
+from utils.threads import single_thread_on_cpu
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,22 +92,6 @@ def _to_input(x: torch.Tensor, device: torch.device, channels_last: bool) -> tor
     return x
 
 
-@contextlib.contextmanager
-def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """Run memory-bound element-wise work in one thread on the CPU: it loses little bandwidth, and on a
-    busy machine each OpenMP region can otherwise stall for a scheduler time slice (measured: the mask
-    enforcement of ResNet18 took a median 260 ms with 2 threads vs 23 ms with 1 on 2 shared cores)."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 class MaskEnforcer:
     """Keeps pruned weights exactly zero: masks gradients before the step (so momentum / Adam state of
     pruned weights stays zero) and re-applies the mask to the weights after it (so weight decay or any
@@ -127,7 +112,7 @@ class MaskEnforcer:
     @torch.no_grad()
     def apply_to_weights(self) -> None:
         if self.params:
-            with _one_thread_on_cpu(self.device):
+            with single_thread_on_cpu(self.device):
                 torch._foreach_mul_(self.params, self.masks)
 
     @torch.no_grad()
@@ -135,7 +120,7 @@ class MaskEnforcer:
         pairs = [(p.grad, m) for p, m in zip(self.params, self.masks) if p.grad is not None]
         if pairs:
             grads, masks = zip(*pairs)
-            with _one_thread_on_cpu(self.device):
+            with single_thread_on_cpu(self.device):
                 torch._foreach_mul_(list(grads), list(masks))
 
 
