@@ -238,6 +238,8 @@ def main_table(model: nn.Module, batches: Batches, shape: tuple[int, ...], crite
                rounds: int, hutch_samples: int, device: torch.device) -> list[list[str]]:
     names = compressors.prunable_names(model)
     rows = []
+    # warm-up (not timed): PyTorch initialises kernels and allocators lazily on the first passes
+    compressors.build("snip").score(model, batches, LOSS)
     for name in criteria:
         data = batches[:hutch_samples] if name in ("hutch_diag", "hts") else batches
         opts: dict[str, Any] = {}

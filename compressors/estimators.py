@@ -120,10 +120,23 @@ def _prepare(model: nn.Module, names: Sequence[str]) -> list[nn.Parameter]:
     return _targets(model, names)
 
 
+def _is_plain_mean_ce(loss_fn: LossFn) -> bool:
+    """A standard ``nn.CrossEntropyLoss`` with mean reduction and no class weights."""
+    return (type(loss_fn) is nn.CrossEntropyLoss and loss_fn.reduction == "mean" and loss_fn.weight is None)
+
+
 def summed_batch_loss(out: torch.Tensor, ys: Sequence[torch.Tensor], loss_fn: LossFn) -> torch.Tensor:
     """sum_b ell_b for a chunk: ``out`` holds the (temperature-scaled) outputs of the concatenated
     batches whose targets are ``ys``; each batch keeps its own mean, so a smaller last batch is weighted
     exactly as in a per-batch loop."""
+    if len(ys) > 1 and _is_plain_mean_ce(loss_fn):
+        # one call instead of one per batch: each sample weighted by 1 / (size of its batch), exactly
+        # sum_b mean_{i in b} ce_i
+        y = torch.cat(list(ys))
+        if not bool((y == loss_fn.ignore_index).any()):
+            per_sample = F.cross_entropy(out, y, reduction="none", label_smoothing=loss_fn.label_smoothing)
+            weights = torch.cat([per_sample.new_full((b.shape[0],), 1.0 / b.shape[0]) for b in ys])
+            return (per_sample * weights).sum()
     total = out.new_zeros(())
     start = 0
     for y in ys:
