@@ -30,7 +30,7 @@ OPTIONS = {
 }
 
 
-def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-4) -> None:
+def assert_close_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-4) -> None:
     assert list(a) == list(b)
     for n in a:
         scale = float(b[n].abs().max()) or 1.0
@@ -79,7 +79,7 @@ def test_gradient_criteria_equal_naive_loops(chunk_size: int) -> None:
         "magnitude": {n: theta[n].abs() for n in names},
     }
     for name, want in expected.items():
-        close(compressors.build(name, **({"chunk_size": chunk_size} if name != "magnitude" else {}))
+        assert_close_dicts(compressors.build(name, **({"chunk_size": chunk_size} if name != "magnitude" else {}))
               .score(model, batches, LOSS), want)
 
 
@@ -108,7 +108,7 @@ def test_grasp_equals_the_naive_loop_and_keeps_the_lowest_S() -> None:
     model, names, batches, _ = _setup()
     S = naive_grasp(model, names, batches)
     scores = compressors.build("grasp").score(model, batches, LOSS)
-    close(scores, {n: -s for n, s in S.items()})
+    assert_close_dicts(scores, {n: -s for n, s in S.items()})
     masks = select(scores, 0.7)
     kept = torch.cat([S[n][masks[n].bool()] for n in names])
     removed = torch.cat([S[n][~masks[n].bool()] for n in names])
@@ -125,7 +125,7 @@ def test_hutchinson_criteria_equal_the_naive_loop_with_the_same_probes(name: str
             "hutch_pruning": {n: 0.5 * theta[n] ** 2 * diag[n] for n in names},
             "hts": {n: (theta[n] * mean[n] + 0.5 * theta[n] ** 2 * diag[n]).abs() for n in names}}[name]
     crit = compressors.build(name, probes=4, seed=11)
-    close(crit.score(model, batches, LOSS), want, rtol=1e-3)
+    assert_close_dicts(crit.score(model, batches, LOSS), want, rtol=1e-3)
     tensors = crit.diagnostics["tensors"]
     json.dumps(crit.diagnostics)  # JSON-serialisable for results.json
     for n in names:

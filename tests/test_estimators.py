@@ -69,7 +69,7 @@ def naive_hutchinson(model: nn.Module, names: list[str], batches, probes: int, s
     return ({n: u.mean(0) for n, u in stacked.items()}, {n: u.std(0) / math.sqrt(M) for n, u in stacked.items()})
 
 
-def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-4, atol: float = 1e-7) -> None:
+def assert_close_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rtol: float = 1e-4, atol: float = 1e-7) -> None:
     assert a.keys() == b.keys()
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=rtol, atol=atol, msg=lambda m, n=n: f"{n}: {m}")
@@ -90,8 +90,8 @@ def test_summed_gradient_and_hvp_equal_the_per_batch_loop(chunk_size: int, T: fl
     batches = mask_batches()
     ref = naive_batch_grads(model, names, batches, T)
     summed = {n: sum(r[n] for r in ref) for n in names}
-    close(E.summed_gradient(model, names, batches, LOSS, temperature=T, chunk_size=chunk_size), summed)
-    close(E.mean_gradient(model, names, batches, LOSS, temperature=T, chunk_size=chunk_size),
+    assert_close_dicts(E.summed_gradient(model, names, batches, LOSS, temperature=T, chunk_size=chunk_size), summed)
+    assert_close_dicts(E.mean_gradient(model, names, batches, LOSS, temperature=T, chunk_size=chunk_size),
           {n: v / len(batches) for n, v in summed.items()})
     # H v of the summed loss, per batch with create_graph (the reference GraSP loop)
     params = dict(model.named_parameters())
@@ -103,7 +103,7 @@ def test_summed_gradient_and_hvp_equal_the_per_batch_loop(chunk_size: int, T: fl
         for n, h in zip(names, hvb):
             hv[n] += h
     scale = max(float(t.abs().max()) for t in hv.values())
-    close(E.hessian_vector_product(model, names, batches, LOSS, v, temperature=T, chunk_size=chunk_size), hv,
+    assert_close_dicts(E.hessian_vector_product(model, names, batches, LOSS, v, temperature=T, chunk_size=chunk_size), hv,
           atol=1e-5 * scale)
 
 
@@ -118,14 +118,14 @@ def test_fisher_diagonal_every_route_equals_the_loop(route: str, sizes: tuple[in
     fisher = {n: sum(r[n] ** 2 for r in ref) / B for n in names}
     mean = {n: sum(r[n] for r in ref) / B for n in names}
     res = E.fisher_diagonal(model, names, batches, LOSS, chunk_size=4, route=route)
-    close(res.fisher, fisher)
-    close(res.mean_grad, mean)
+    assert_close_dicts(res.fisher, fisher)
+    assert_close_dicts(res.mean_grad, mean)
     # per_batch_gradients itself, row by row, in loader order
     rows = [r for chunk in E.per_batch_gradients(model, names, batches, LOSS, chunk_size=4, route=route)
             for r in (dict(zip(chunk, vals)) for vals in zip(*chunk.values()))]
     assert len(rows) == B
     for got, want in zip(rows, ref):
-        close(got, want)
+        assert_close_dicts(got, want)
 
 
 def test_hooks_route_falls_back_for_unsupported_parameters() -> None:
@@ -134,7 +134,7 @@ def test_hooks_route_falls_back_for_unsupported_parameters() -> None:
     batches = mask_batches((2, 2))
     ref = naive_batch_grads(model, names, batches)
     res = E.fisher_diagonal(model, names, batches, LOSS, route="hooks")
-    close(res.fisher, {n: (ref[0][n] ** 2 + ref[1][n] ** 2) / 2 for n in names})
+    assert_close_dicts(res.fisher, {n: (ref[0][n] ** 2 + ref[1][n] ** 2) / 2 for n in names})
 
 
 @pytest.mark.parametrize("route", ["loop", "probes", "vmap"])
@@ -146,10 +146,10 @@ def test_hutchinson_equals_the_naive_loop_with_the_same_probes(route: str) -> No
     res = E.hutchinson_diagonal(model, names, batches, LOSS, probes=3, generator=torch.Generator().manual_seed(7),
                                 temperature=2.0, chunk_size=4, route=route)
     scale = max(float(t.abs().max()) for t in diag.values())
-    close(res.diag, diag, atol=1e-5 * scale)
-    close(res.stderr, se, rtol=1e-3, atol=1e-5 * scale)
+    assert_close_dicts(res.diag, diag, atol=1e-5 * scale)
+    assert_close_dicts(res.stderr, se, rtol=1e-3, atol=1e-5 * scale)
     ref = naive_batch_grads(model, names, batches, T=2.0)
-    close(res.mean_grad, {n: sum(r[n] for r in ref) / len(batches) for n in names})
+    assert_close_dicts(res.mean_grad, {n: sum(r[n] for r in ref) / len(batches) for n in names})
     assert res.samples == 9
     diagnostics = res.diagnostics()
     assert set(diagnostics) == set(names)
