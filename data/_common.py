@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -127,12 +127,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
 class ArrayDataset(Dataset):
     """Images held in memory as a uint8 array (N, H, W, C) with integer labels; each item goes through
     ``Image.fromarray`` and ``transform``, exactly like torchvision's CIFAR datasets."""
@@ -171,3 +165,13 @@ class DeviceData:
 def hwc_to_nchw(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) numpy array -> contiguous uint8 (N, C, H, W) tensor."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def check_rgb_stats(options: Any, path: str, problems: list) -> None:
+    """Options ``mean`` / ``std``, when given, must hold three numbers (R, G, B)."""
+    from utils.typed import Problem
+
+    for key in ("mean", "std"):
+        value = getattr(options, key)
+        if value is not None and len(value) != 3:
+            problems.append(Problem(f"{path}.{key}", f"expected 3 numbers (R, G, B), got {value}"))

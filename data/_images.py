@@ -19,7 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import functional as F
 from tqdm.auto import tqdm
 
-from data._common import atomic_write_bytes
+from utils.io import write_bytes
 
 Sample = tuple[str, int]
 
@@ -91,7 +91,7 @@ def _cache_dir(folder: Path) -> Path:
 def _try_write(path: Path, payload: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, payload)
+        write_bytes(path, payload)
     except OSError as exc:  # a read-only dataset folder: work without the cache
         warnings.warn(f"cannot write cache file {path}: {exc}; it will be recomputed next time", stacklevel=3)
 

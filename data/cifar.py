@@ -16,7 +16,7 @@ from torchvision import datasets as tvd
 from torchvision import transforms as T
 
 from data import register
-from data._common import ArrayDataset, DeviceData, hwc_to_nchw, missing_error
+from data._common import ArrayDataset, DeviceData, check_rgb_stats, hwc_to_nchw, missing_error
 from data.base import DatasetSource, DataSplits
 from utils.typed import option
 
@@ -30,12 +30,7 @@ class CifarOptions:
                                         min=0, min_exclusive=True)
 
     def check(self, path: str, problems: list) -> None:
-        from utils.typed import Problem
-
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            if value is not None and len(value) != 3:
-                problems.append(Problem(f"{path}.{key}", f"expected 3 numbers (R, G, B), got {value}"))
+        check_rgb_stats(self, path, problems)
 
 
 def cifar_transforms(mean: Sequence[float], std: Sequence[float], padding: int = 4,

@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from utils.seeding import derive_seed
+from utils.seeding import derive_seed, epoch_permutation
 from utils.threads import single_thread_on_cpu
 
 
@@ -80,8 +80,7 @@ class DeviceLoader:
         n = len(self.targets)
         if not self.train:
             return torch.arange(n)
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", self.epoch))
-        return torch.randperm(n, generator=gen)
+        return epoch_permutation(n, self.seed, self.epoch)
 
     def _draws(self, n: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Crop offsets and flips of every sample of this epoch (drawn on the CPU, then moved: the

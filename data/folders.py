@@ -10,25 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Callable, Literal, Optional
 
 from torchvision import transforms as T
 
 from data import register
-from data._common import DeviceData, missing_error
+from data._common import DeviceData, check_rgb_stats, missing_error
 from data._images import FitSquare, SampleDataset, channel_stats, find_classes, materialise, scan
 from data.base import DatasetSource, DataSplits
 from utils.typed import Problem, option
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _check_stats(obj: Any, path: str, problems: list[Problem]) -> None:
-    for key in ("mean", "std"):
-        value = getattr(obj, key)
-        if value is not None and len(value) != 3:
-            problems.append(Problem(f"{path}.{key}", f"expected 3 numbers (R, G, B), got {value}"))
 
 
 @dataclass
@@ -49,7 +42,7 @@ class ImageFolderOptions:
     def check(self, path: str, problems: list[Problem]) -> None:
         if not self.path:
             problems.append(Problem(f"{path}.path", "required: the folder holding train/ and test/ (or val/)"))
-        _check_stats(self, path, problems)
+        check_rgb_stats(self, path, problems)
 
 
 def transforms_for(augment: str, size: int, padding: int, mean, std) -> tuple[Callable, Callable, Callable]:
@@ -142,7 +135,7 @@ class ImageNetOptions:
                                         min=0, min_exclusive=True)
 
     def check(self, path: str, problems: list[Problem]) -> None:
-        _check_stats(self, path, problems)
+        check_rgb_stats(self, path, problems)
 
 
 @register("imagenet")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from data.base import DataSplits
 from data.device_loader import DeviceLoader
-from utils.seeding import derive_seed
+from utils.seeding import derive_seed, epoch_permutation
 
 
 class EpochShuffler(Sampler[int]):
@@ -38,8 +38,7 @@ class EpochShuffler(Sampler[int]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, "shuffle", self.epoch))
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
 
     def __len__(self) -> int:
         return self.n

@@ -22,7 +22,7 @@ from typing import ClassVar, Optional
 from torchvision import transforms as T
 
 from data import register
-from data._common import DeviceData, atomic_folder, download_file, md5sum, missing_error
+from data._common import DeviceData, atomic_folder, check_rgb_stats, download_file, md5sum, missing_error
 from data._images import SampleDataset, materialise, scan
 from data.base import DatasetSource, DataSplits
 from utils.typed import Problem, option
@@ -37,10 +37,7 @@ class TinyImageNetOptions:
                                         min=0, min_exclusive=True)
 
     def check(self, path: str, problems: list[Problem]) -> None:
-        for key in ("mean", "std"):
-            value = getattr(self, key)
-            if value is not None and len(value) != 3:
-                problems.append(Problem(f"{path}.{key}", f"expected 3 numbers (R, G, B), got {value}"))
+        check_rgb_stats(self, path, problems)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

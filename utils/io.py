@@ -54,6 +54,10 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+def write_bytes(path: str | Path, payload: bytes) -> None:
+    _atomic(path, lambda fh: fh.write(payload))
+
+
 def write_text(path: str | Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 

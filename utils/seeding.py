@@ -16,6 +16,13 @@ def derive_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of epoch ``epoch``: a permutation of ``range(n)`` seeded by (seed, epoch).
+    Shared by the classic and the device-resident loaders, so both see the same order."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, "shuffle", epoch))
+    return torch.randperm(n, generator=gen)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and all CUDA devices)."""
     random.seed(seed)
