@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import interrupt_after
 from torch import nn
 
 import compressors
@@ -174,12 +175,7 @@ def irp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     full = run_config(cfg, results=root / "full", log=lambda s: None)
     assert full.status == "completed", full.reason
 
-    def stop(epoch: int, row: dict) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_config(cfg, results=root / "resumed", log=lambda s: None, on_epoch_end=stop)
+    interrupt_after(cfg, root / "resumed", 2)
     resumed = run_config(cfg, results=root / "resumed", log=lambda s: None)
     assert resumed.status == "completed", resumed.reason
     return {"full": Path(full.run_dir), "resumed": Path(resumed.run_dir)}

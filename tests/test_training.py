@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import interrupt_after
 from torch import nn
 
 import compressors
@@ -114,12 +115,7 @@ def test_interrupted_run_resumes_to_identical_weights(make_config, tmp_path: Pat
     reference = run_config(cfg, results=tmp_path / "a", log=lambda s: None)
     assert reference.status == "completed"
 
-    def stop_after_two(epoch: int, row: dict) -> None:
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_config(cfg, results=tmp_path / "b", log=lambda s: None, on_epoch_end=stop_after_two)
+    interrupt_after(cfg, tmp_path / "b", 2)
     run_folder = Path(reference.run_dir.replace(str(tmp_path / "a"), str(tmp_path / "b")))
     assert json.loads((run_folder / "status.json").read_text())["status"] == "interrupted"
     assert load_torch(run_folder / "checkpoint.pt")["epoch"] == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import interrupt_after
 from test_datasets_formats import write_cifar10
 from torch import nn
 
@@ -125,12 +126,7 @@ def test_pbt_with_device_loader_and_fp16_resumes_exactly(tmp_path: Path, monkeyp
     reference = run_config(cfg, results=tmp_path / "a", log=lambda s: None)
     assert reference.status == "completed", reference.reason
 
-    def stop_after_one(epoch: int, row: dict) -> None:
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run_config(cfg, results=tmp_path / "b", log=lambda s: None, on_epoch_end=stop_after_one)
+    interrupt_after(cfg, tmp_path / "b", 1)
     run_folder = Path(reference.run_dir.replace(str(tmp_path / "a"), str(tmp_path / "b")))
     ckpt = load_torch(run_folder / "checkpoint.pt")
     assert ckpt["epoch"] == 1 and ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0
