@@ -59,3 +59,18 @@ def test_the_ci_test_command_is_in_the_readme() -> None:
     command = re.search(r"TEST_CMD='([^']+)'", ci).group(1)
     assert command in README
     assert "main.py run exp_configs/quickstart" in _section("Set-up: two command lines")
+
+
+def test_every_command_line_flag_is_documented() -> None:
+    import argparse
+
+    import main
+
+    parser = main.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    flags = {f"{name}: {opt}" for name, sub in commands.choices.items() for action in sub._actions
+             for opt in action.option_strings if opt.startswith("--") and opt != "--help"}
+    flags |= {f"official: {opt}" for action in main.official_parser()._actions for opt in action.option_strings
+              if opt.startswith("--") and opt != "--help"}
+    assert len(flags) > 20
+    assert sorted(f for f in flags if f.split(": ")[1] not in README) == []

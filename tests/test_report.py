@@ -253,3 +253,13 @@ def test_report_command_writes_tables_and_figures(tmp_path, capsys):
     density = pd.read_csv(out / "layer_density.csv")
     assert set(density["density"]) == {0.2, 0.05}
     assert main.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep2")]) == 1
+
+
+def test_report_no_figures_writes_tables_only(tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        make_run(results, criterion="snip", sparsity=0.9, seed=seed, acc=0.9, mask=_mask([1] * 3 + [0] * 27))
+    out = tmp_path / "rep"
+    assert main.main(["report", str(results), "--out", str(out), "--no-figures"]) == 0
+    assert (out / "table.md").is_file() and (out / "runs.csv").is_file()
+    assert not list(out.rglob("*.png")) and not list(out.rglob("*.pdf"))

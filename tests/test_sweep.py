@@ -169,3 +169,14 @@ def test_values_that_give_the_same_file_name_are_refused(make_config, tmp_path):
     assert any("several grid points map to this file name" in m for m in messages)
     assert any("same experiment" in m for m in messages)  # the description does not change results either
     assert not (tmp_path / "g").exists()
+
+
+def test_cli_dry_run_validates_and_lists_but_writes_nothing(make_config, tmp_path, capsys):
+    out = tmp_path / "dry"
+    rc = main.main(["sweep", str(_base(make_config)), "--set", "compressor.sparsity=0.5,0.9", "--out", str(out),
+                    "--dry-run"])
+    assert rc == 0 and not out.exists()
+    assert "2 configs" in (printed := capsys.readouterr().out) and "would write 2 new" in printed
+    rc = main.main(["sweep", str(_base(make_config)), "--set", "compressor.sparsity=2", "--out", str(out),
+                    "--dry-run"])
+    assert rc == 1 and not out.exists()  # a dry run still validates every point
