@@ -5,21 +5,28 @@
     python benchmarks/scoring.py --quick    # a small CNN and 10 samples: a smoke run in seconds
 
 Prints, per criterion, the time of ``compressors.build(name).score(...)``, the time of a naive loop in the
-same process (one backward per mask batch; for Hutchinson K separate Hessian-vector products per batch;
-for SynFlow a per-round in-place loop with a kthvalue threshold), their ratio, the largest deviation of
-our scores from the loop's (relative to the scores' scale), and the peak memory of each (CUDA: peak
-allocated; CPU: peak RSS growth over the call, sampled every 2 ms).  Then the estimator table: for
-hutch_diag and fisher_diag at mask batch sizes 1, 10 and 100 (of the same samples), the time and the
-relative L2 error against a reference -- for Fisher the exact per-sample estimator (batch 1), for
-Hutchinson the same estimator with many probes (its expectation, diag of the mean Hessian, does not
-depend on the batch size; only its variance does) -- and the fraction of the reference's kept weights
-that the estimate also keeps at 90% sparsity (what matters for the mask).  Timings are wall-clock of
-a single run: on a shared machine they are noisy.
+same process written like the reference code (one ``backward`` per mask batch with every parameter
+requiring grad; SNIP and GraSP accumulate in ``.grad``, grad_norm/Fisher/FTS add the gradient or its square
+per batch; GraSP's H g per batch with ``create_graph``; for Hutchinson K separate Hessian-vector products
+per batch, a separate gradient pass for HTS, probes drawn per tensor with ``randint``; for SynFlow a
+per-round in-place loop with a kthvalue threshold), their ratio, the largest deviation of our scores from
+the loop's (relative to the scores' scale; for Hutchinson from a loop given our probes, on 2 samples), and
+the peak memory of each (CUDA: peak allocated; CPU: peak RSS growth over the call, sampled every 2 ms).
+Each side runs ``--repeats`` times, interleaved, and the fastest run counts (timings on a shared machine
+are noisy).  A float32 loop over 100 samples is itself ~5e-4 (relative) away from a float64 one on
+grad_norm, so deviations of that size are rounding, not a different estimator.
+
+Then the estimator table: for hutch_diag and fisher_diag at mask batch sizes 1, 10 and 100 (of the same
+samples), the time and the relative L2 error against a reference -- for Fisher the exact per-sample
+estimator (batch 1), for Hutchinson the same estimator with many probes (its expectation, diag of the mean
+Hessian, does not depend on the batch size; only its variance does) -- and the fraction of the reference's
+kept weights that the estimate also keeps at 90% sparsity (what matters for the mask).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import threading
@@ -35,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import compressors  # noqa: E402
 import models  # noqa: E402
 from compressors.base import preserved_state  # noqa: E402
+from compressors.estimators import RademacherProbes  # noqa: E402
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -86,26 +94,47 @@ def _params(model: nn.Module, names: list[str]) -> list[torch.Tensor]:
     return [p[n] for n in names]
 
 
-def naive_grads(model: nn.Module, names: list[str], batches: Batches, T: float = 1.0) -> tuple[dict, dict]:
-    """(sum_b g_b, sum_b g_b^2), one backward per batch."""
+def naive_grads(model: nn.Module, names: list[str], batches: Batches, T: float = 1.0, *,
+                square: bool = True, mean: bool = True) -> tuple[dict, dict]:
+    """(sum_b g_b, sum_b g_b^2) like the reference grad_mean / fisher_diag / fd_taylor loops: per batch
+    ``zero_grad``, forward, ``backward`` (every parameter requires grad), then ``+=`` of the gradient
+    and/or its square for every parameter."""
     model.eval()
-    ps = _params(model, names)
-    s = [torch.zeros_like(p) for p in ps]
-    sq = [torch.zeros_like(p) for p in ps]
+    params = dict(model.named_parameters())
+    s = {n: torch.zeros_like(p) for n, p in params.items()} if mean else {}
+    sq = {n: torch.zeros_like(p) for n, p in params.items()} if square else {}
     for x, y in batches:
-        model.zero_grad()
+        model.zero_grad(set_to_none=True)
         LOSS(model(x) / T, y).backward()
-        for a, b, p in zip(s, sq, ps):
-            a += p.grad
-            b += p.grad ** 2
-    return dict(zip(names, s)), dict(zip(names, sq))
+        for n, p in params.items():
+            if p.grad is not None:
+                if mean:
+                    s[n] += p.grad.detach()
+                if square:
+                    sq[n] += torch.square(p.grad.detach())
+    model.zero_grad(set_to_none=True)
+    return {n: v for n, v in s.items() if n in names}, {n: v for n, v in sq.items() if n in names}
+
+
+def naive_accumulated_grad(model: nn.Module, names: list[str], batches: Batches, T: float = 1.0) -> dict:
+    """sum_b g_b like the reference SNIP / GraSP first pass: ``backward`` per batch, accumulating in .grad."""
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        LOSS(model(x) / T, y).backward()
+    params = dict(model.named_parameters())
+    out = {n: params[n].grad.detach().clone() for n in names}
+    model.zero_grad(set_to_none=True)
+    return out
 
 
 def naive_grasp(model: nn.Module, names: list[str], batches: Batches, T: float = 200.0) -> dict:
+    """The reference GraSP loop (two passes over the mask batches), with g and H taken over W (the issue's
+    definition) rather than over every parameter."""
     model.eval()
     W = compressors.prunable_names(model, include_classifier=True)
     ps = _params(model, W)
-    g, _ = naive_grads(model, W, batches, T)
+    g = naive_accumulated_grad(model, W, batches, T)
     hg = [torch.zeros_like(p) for p in ps]
     for x, y in batches:
         grads = torch.autograd.grad(LOSS(model(x) / T, y), ps, create_graph=True)
@@ -117,26 +146,42 @@ def naive_grasp(model: nn.Module, names: list[str], batches: Batches, T: float =
     return {n: -S[n] / norm for n in names}
 
 
+def per_tensor_probes(ps: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
+    """One Rademacher tensor per parameter, ``randint(0, 2) * 2 - 1`` (the reference draws
+    ``empty_like(p).bernoulli_(0.5) * 2 - 1``, which is ~2.7x slower still on this CPU)."""
+    return [torch.randint(0, 2, p.shape, generator=gen, device=p.device, dtype=p.dtype) * 2 - 1 for p in ps]
+
+
+def stream_probes(ps: list[torch.Tensor], gen: torch.Generator) -> list[torch.Tensor]:
+    """The probes our estimator draws (:class:`compressors.estimators.RademacherProbes`), for the deviation
+    check (a fresh stream object per call continues the same generator)."""
+    stream = RademacherProbes([p.shape for p in ps], gen, ps[0].device, ps[0].dtype)
+    return [z.clone() for z in stream.split(stream.draw(1)[0])]
+
+
 def naive_hutchinson(model: nn.Module, names: list[str], batches: Batches, K: int, seed: int,
-                     T: float = 200.0) -> tuple[dict, dict]:
-    """(H_hat, mean gradient): per batch one gradient with create_graph, then K separate HVPs."""
+                     T: float = 200.0, draw: Callable = per_tensor_probes,
+                     mean_grad: bool = False) -> tuple[dict, dict]:
+    """(H_hat, mean gradient) like the reference hutchinson_diag: per batch one gradient with
+    create_graph, then K separate HVPs, ``hdiag += z * Hz``.  The mean gradient (HTS) comes, as in the
+    reference hutchinson_taylor, from a separate gradient pass."""
     model.eval()
     ps = _params(model, names)
     gen = torch.Generator(device=ps[0].device).manual_seed(seed)
     acc = [torch.zeros_like(p) for p in ps]
-    gs = [torch.zeros_like(p) for p in ps]
     for x, y in batches:
-        zs = [[torch.randint(0, 2, p.shape, generator=gen, device=p.device, dtype=p.dtype) * 2 - 1 for p in ps]
-              for _ in range(K)]
         grads = torch.autograd.grad(LOSS(model(x) / T, y), ps, create_graph=True)
-        for a, gr in zip(gs, grads):
-            a += gr.detach()
-        for k, z in enumerate(zs):
+        for k in range(K):
+            z = draw(ps, gen)
             hz = torch.autograd.grad(grads, ps, grad_outputs=z, retain_graph=k < K - 1)
             for a, zi, h in zip(acc, z, hz):
-                a += zi * h
+                a.add_((zi * h).detach())
     M = len(batches) * K
-    return ({n: a / M for n, a in zip(names, acc)}, {n: a / len(batches) for n, a in zip(names, gs)})
+    g = {}
+    if mean_grad:
+        s, _ = naive_grads(model, names, batches, T, square=False)
+        g = {n: v / len(batches) for n, v in s.items()}
+    return {n: a / M for n, a in zip(names, acc)}, g
 
 
 def naive_synflow(model: nn.Module, names: list[str], shape: tuple[int, ...], sparsity: float, rounds: int) -> dict:
@@ -202,40 +247,43 @@ def split(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Batches:
 
 
 def reference_scores(name: str, model: nn.Module, names: list[str], data: Batches, probes: int, rounds: int,
-                     shape: tuple[int, ...]) -> dict:
+                     shape: tuple[int, ...], draw: Callable = per_tensor_probes) -> dict:
     """The naive loop's scores for one criterion (model restored afterwards)."""
     params = dict(model.named_parameters())
+    th = {n: params[n].detach() for n in names}
+    B = len(data)
     with preserved_state(model):
-        if name in ("grad_norm", "snip", "fisher_diag", "fts"):
+        for p in model.parameters():  # as in the reference code, every parameter requires grad
+            p.requires_grad_(True)
+        if name == "grad_norm":
+            s, _ = naive_grads(model, names, data, square=False)
+            return {n: (s[n] / B).abs() for n in names}
+        if name == "snip":
+            s = naive_accumulated_grad(model, names, data)
+            raw = {n: (th[n] * s[n]).abs() for n in names}
+            tot = sum(v.sum() for v in raw.values())
+            return {n: v / tot for n, v in raw.items()}
+        if name == "fisher_diag":
+            _, sq = naive_grads(model, names, data, mean=False)
+            return {n: sq[n] / B for n in names}
+        if name == "fts":
             s, sq = naive_grads(model, names, data)
-            B = len(data)
-            th = {n: params[n].detach() for n in names}
-            if name == "grad_norm":
-                return {n: (s[n] / B).abs() for n in names}
-            if name == "snip":
-                raw = {n: (th[n] * s[n]).abs() for n in names}
-                tot = sum(v.sum() for v in raw.values())
-                return {n: v / tot for n, v in raw.items()}
-            if name == "fisher_diag":
-                return {n: sq[n] / B for n in names}
             return {n: (th[n] * s[n] / B + 0.5 * th[n] ** 2 * sq[n] / B).abs() for n in names}
         if name == "grasp":
             return naive_grasp(model, names, data)
         if name in ("hutch_diag", "hts"):
-            d, g = naive_hutchinson(model, names, data, probes, seed=0)
+            d, g = naive_hutchinson(model, names, data, probes, seed=0, draw=draw, mean_grad=name == "hts")
             if name == "hutch_diag":
                 return d
-            return {n: (params[n].detach() * g[n] + 0.5 * params[n].detach() ** 2 * d[n]).abs()
-                    for n in names}
+            return {n: (th[n] * g[n] + 0.5 * th[n] ** 2 * d[n]).abs() for n in names}
         if name == "synflow":
             return naive_synflow(model, names, shape, 0.9, rounds)
         raise ValueError(name)
 
 
-
-
 def main_table(model: nn.Module, batches: Batches, shape: tuple[int, ...], criteria: list[str], probes: int,
-               rounds: int, hutch_samples: int, device: torch.device) -> list[list[str]]:
+               rounds: int, hutch_samples: int, device: torch.device, repeats: int = 1,
+               hutch_repeats: int = 1) -> list[list[str]]:
     names = compressors.prunable_names(model)
     rows = []
     # warm-up (not timed): PyTorch initialises kernels and allocators lazily on the first passes
@@ -248,15 +296,24 @@ def main_table(model: nn.Module, batches: Batches, shape: tuple[int, ...], crite
         elif name == "synflow":
             opts = {"rounds": rounds}
         crit = compressors.build(name, **opts)
-        ours, t_ours, m_ours = measure(lambda: crit.score(model, data, LOSS, sparsity=0.9), device)  # noqa: B023
-
-        ref, t_ref, m_ref = measure(  # the lambdas are called at once, inside this iteration
-            lambda: reference_scores(name, model, names, data, probes, rounds, shape), device)  # noqa: B023
+        t_ours = t_ref = math.inf
+        m_ours = m_ref = 0.0
+        for _ in range(hutch_repeats if name in ("hutch_diag", "hts") else repeats):  # interleaved
+            ours, t, m = measure(lambda: crit.score(model, data, LOSS, sparsity=0.9), device)  # noqa: B023
+            t_ours, m_ours = min(t_ours, t), max(m_ours, m)
+            ref, t, m = measure(  # the lambdas are called at once, inside this iteration
+                lambda: reference_scores(name, model, names, data, probes, rounds, shape), device)  # noqa: B023
+            t_ref, m_ref = min(t_ref, t), max(m_ref, m)
         if name == "synflow":  # compare masks: ours must keep exactly round(0.1 N); the loop's kthvalue differs by ties
             a, b = compressors.select(ours, 0.9), compressors.select(ref, 0.9)
             agree = sum(float((a[n] == b[n]).float().sum()) for n in names) / sum(a[n].numel() for n in names)
             dev = f"mask agree {agree:.4f}"
-        else:  # Hutchinson: the same probes (seed 0, documented order) on both sides
+        elif name in ("hutch_diag", "hts"):  # the same probes on both sides, on 2 samples (not timed)
+            few = data[:2]
+            mine = compressors.build(name, **opts).score(model, few, LOSS)
+            same = reference_scores(name, model, names, few, probes, rounds, shape, stream_probes)
+            dev = f"{deviation(mine, same):.1e}"
+        else:
             dev = f"{deviation(ours, ref):.1e}"
         rows.append([name, str(len(data)), f"{t_ours:.2f}", f"{t_ref:.2f}", f"{t_ref / t_ours:.2f}x",
                      f"{m_ours:.0f}", f"{m_ref:.0f}", dev])
@@ -313,6 +370,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="samples of the estimator table (default: --samples)")
     ap.add_argument("--table-model", default=None,
                     help="model of the estimator table (default: --model); its inputs are shaped for it")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed runs per side, interleaved; the table shows the fastest (default 3)")
+    ap.add_argument("--hutch-repeats", type=int, default=1, help="the same for hutch_diag/hts (default 1)")
     ap.add_argument("--no-estimator-table", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
@@ -331,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device {device} ({torch.get_num_threads()} threads), model {model_name} "
           f"({sum(p.numel() for p in model.parameters()):,} parameters), {samples} mask samples, batch 1")
     rows = main_table(model, batches, shape, [c for c in args.criteria.split(",") if c], probes, rounds,
-                      args.hutch_samples or samples, device)
+                      args.hutch_samples or samples, device, max(1, args.repeats), max(1, args.hutch_repeats))
     print()
     print(fmt(["criterion", "samples", "ours s", "loop s", "speed-up", "ours MiB", "loop MiB", "max dev"], rows))
     if not args.no_estimator_table:

@@ -129,7 +129,8 @@ class Compressor:
             for n in names:  # frozen parameters can still be scored; the flags are restored on exit
                 all_params[n].requires_grad_(True)
             scores = self.compute(model, names, mask_loader, loss_fn, sparsity)
-        return {n: scores[n].detach().to(all_params[n].device) for n in names}
+        # contiguous: a criterion may return gradients in another memory layout (channels-last passes)
+        return {n: scores[n].detach().to(all_params[n].device).contiguous() for n in names}
 
     def compute(
         self,

@@ -21,7 +21,7 @@ def kept_count(n: int, sparsity: float) -> int:
     return int(round((1.0 - sparsity) * n))
 
 
-def _topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+def topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
     """0/1 mask keeping the k largest entries of ``flat``; ties go to the lower index."""
     n = flat.numel()
     mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
@@ -31,7 +31,8 @@ def _topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
         return ~mask
     # float32/float64 keep their order exactly (float64 holds every float32), so no up-cast is needed
     values = flat if flat.dtype in (torch.float32, torch.float64) else flat.double()
-    values = torch.nan_to_num(values, nan=float("-inf"))
+    if bool(torch.isnan(values).any()):  # NaN ranks lowest (the check avoids a copy in the usual case)
+        values = torch.where(torch.isnan(values), float("-inf"), values)
     # Same result as a stable descending sort keeping the first k (lower index first among equal
     # scores), in O(n): the k-th largest value is the threshold; everything above it is kept, and the
     # ties at the threshold are taken in index order until k are kept.
@@ -55,14 +56,14 @@ def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = 
         return {}
     if scope == "layer":
         return {
-            name: _topk_mask(s.reshape(-1), kept_count(s.numel(), sparsity)).reshape(s.shape).float()
+            name: topk_mask(s.reshape(-1), kept_count(s.numel(), sparsity)).reshape(s.shape).float()
             for name, s in scores.items()
         }
     names = list(scores)
     device = next(iter(scores.values())).device
     dtype = torch.float64 if any(scores[n].dtype != torch.float32 for n in names) else torch.float32
     flat = torch.cat([scores[n].reshape(-1).to(device, dtype) for n in names])
-    keep = _topk_mask(flat, kept_count(flat.numel(), sparsity))
+    keep = topk_mask(flat, kept_count(flat.numel(), sparsity))
     masks, offset = {}, 0
     for n in names:
         size = scores[n].numel()

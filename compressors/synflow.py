@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from compressors import register
 from compressors.base import Compressor, Scores
-from compressors.masks import select
+from compressors.masks import kept_count, topk_mask
 from compressors.options import SynFlowOptions
 
 
@@ -33,21 +33,29 @@ def positive_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tens
 
 
 def synflow_scores(model: nn.Module, names: list[str], masks: dict[str, torch.Tensor], input_shape: tuple[int, ...],
-                   dtype: torch.dtype, state: dict[str, torch.Tensor] | None = None) -> tuple[Scores, bool]:
+                   dtype: torch.dtype, state: dict[str, torch.Tensor] | None = None,
+                   out: dict[str, torch.Tensor] | None = None) -> tuple[Scores, bool]:
     """One SynFlow evaluation: ``|θ_m ⊙ ∂R/∂θ_m|`` with ``R = Σ f(1; |θ|)`` where every floating parameter
     and buffer is made positive and the scored weights are masked (``θ_m = |θ| ⊙ m``); computed in
-    ``dtype`` through ``functional_call`` (the model itself is not modified).  Returns the scores and
-    whether R and every score are finite."""
+    ``dtype`` through ``functional_call`` (the model itself is not modified).  Scores are written into
+    ``out`` when given (tensors shaped like the weights).  Returns the scores and whether R is finite (the
+    caller checks the scores)."""
     device = next(iter(masks.values())).device
     state = dict(state if state is not None else positive_state(model, dtype))
     weights = {n: (state[n] * masks[n]).requires_grad_(True) for n in names}
     state.update(weights)
-    out = functional_call(model, state, (torch.ones((1, *input_shape), dtype=dtype, device=device),))
-    R = out.sum()
+    R = functional_call(model, state, (torch.ones((1, *input_shape), dtype=dtype, device=device),)).sum()
     grads = torch.autograd.grad(R, [weights[n] for n in names], allow_unused=True)
-    scores = {n: (weights[n].detach() * (g if g is not None else 0.0)).abs() for n, g in zip(names, grads)}
-    finite = bool(torch.isfinite(R)) and all(bool(torch.isfinite(s).all()) for s in scores.values())
-    return scores, finite
+    scores = {}
+    for n, g in zip(names, grads):
+        w = weights[n].detach()
+        dst = out[n] if out is not None else torch.empty_like(w)
+        if g is None:
+            dst.zero_()
+        else:
+            torch.mul(w, g, out=dst).abs_()
+        scores[n] = dst
+    return scores, bool(torch.isfinite(R))
 
 
 @register("synflow")
@@ -84,16 +92,27 @@ class SynFlow(Compressor):
 
     def _rounds(self, model: nn.Module, names: list[str], shape: tuple[int, ...], dtype: torch.dtype,
                 sparsity: float) -> tuple[Scores, bool]:
+        """The n rounds on flat score and mask buffers (one view per weight): the threshold of each round
+        is taken on the buffer itself, with the same exact top-k as :func:`select` (whose flattened order
+        is this one), and the last round needs no mask."""
         params = dict(model.named_parameters())
-        masks = {n: torch.ones_like(params[n], dtype=torch.bool) for n in names}
+        device = params[names[0]].device
+        total = sum(params[n].numel() for n in names)
+        flat_mask = torch.ones(total, dtype=torch.bool, device=device)
+        flat_scores = torch.empty(total, dtype=dtype, device=device)
+
+        def views(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+            parts = flat.split([params[n].numel() for n in names])
+            return {n: part.view(params[n].shape) for n, part in zip(names, parts)}
+
+        masks, scores = views(flat_mask), views(flat_scores)
         n_rounds = self.options.rounds
         keep = 1.0 - sparsity
-        scores: Scores = {}
         state = positive_state(model, dtype)
         for k in range(1, n_rounds + 1):
-            scores, ok = synflow_scores(model, names, masks, shape, dtype, state)
-            if not ok:
+            _, ok = synflow_scores(model, names, masks, shape, dtype, state, out=scores)
+            if not (ok and bool(torch.isfinite(flat_scores).all())):
                 return scores, False
-            target = sparsity if k == n_rounds else 1.0 - keep ** (k / n_rounds)
-            masks = {n: m.bool() for n, m in select(scores, target, "global").items()}
+            if k < n_rounds:
+                flat_mask.copy_(topk_mask(flat_scores, kept_count(total, 1.0 - keep ** (k / n_rounds))))
         return scores, True

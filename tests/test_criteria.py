@@ -104,10 +104,11 @@ def naive_grasp(model: nn.Module, names: list[str], batches, T: float = 200.0) -
     return {n: S[n] / norm for n in names}
 
 
-def test_grasp_equals_the_naive_loop_and_keeps_the_lowest_S() -> None:
+@pytest.mark.parametrize("chunk_size", [128, 2])  # one chunk: g and H g from one graph; else two passes
+def test_grasp_equals_the_naive_loop_and_keeps_the_lowest_S(chunk_size: int) -> None:
     model, names, batches, _ = _setup()
     S = naive_grasp(model, names, batches)
-    scores = compressors.build("grasp").score(model, batches, LOSS)
+    scores = compressors.build("grasp", chunk_size=chunk_size).score(model, batches, LOSS)
     assert_close_dicts(scores, {n: -s for n, s in S.items()})
     masks = select(scores, 0.7)
     kept = torch.cat([S[n][masks[n].bool()] for n in names])
@@ -230,7 +231,7 @@ def test_estimator_seed_controls_the_probes_independently_of_the_global_seed() -
 
 
 def test_fast_topk_matches_the_stable_sort_definition() -> None:
-    from compressors.masks import _topk_mask
+    from compressors.masks import topk_mask
     g = torch.Generator().manual_seed(0)
     flat = torch.randint(0, 5, (2000,), generator=g).double()  # many ties
     flat[::17] = float("nan")
@@ -240,7 +241,7 @@ def test_fast_topk_matches_the_stable_sort_definition() -> None:
         order = torch.sort(values, descending=True, stable=True).indices
         want = torch.zeros(2000, dtype=torch.bool)
         want[order[:k]] = True
-        assert torch.equal(_topk_mask(flat, k), want), k
+        assert torch.equal(topk_mask(flat, k), want), k
 
 
 # ---------------------------------------------------------------------------------------- the cache

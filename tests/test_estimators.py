@@ -50,14 +50,21 @@ def naive_batch_grads(model: nn.Module, names: list[str], batches, T: float = 1.
 
 
 def naive_hutchinson(model: nn.Module, names: list[str], batches, probes: int, seed: int, T: float):
-    """One separate HVP per (batch, probe), probes drawn in the documented order."""
+    """One separate HVP per (batch, probe), probes drawn as documented in ``RademacherProbes``."""
     model.eval()
     params = dict(model.named_parameters())
     gen = torch.Generator().manual_seed(seed)
     us: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    sizes = [params[n].numel() for n in names]
+    total = sum(sizes)
+
+    def probe() -> dict[str, torch.Tensor]:  # the documented stream: one byte per 8 entries, bit j of byte i
+        raw = torch.randint(0, 256, ((total + 7) // 8,), generator=gen)  # -> entry 8i + j, set = +1
+        signs = torch.tensor([1.0 if (int(v) >> j) & 1 else -1.0 for v in raw for j in range(8)])[:total]
+        return {n: part.view(params[n].shape) for n, part in zip(names, signs.split(sizes))}
+
     for x, y in batches:
-        zs = [{n: torch.randint(0, 2, params[n].shape, generator=gen).float() * 2 - 1 for n in names}
-              for _ in range(probes)]
+        zs = [probe() for _ in range(probes)]
         for z in zs:
             grads = torch.autograd.grad(LOSS(model(x) / T, y), [params[n] for n in names], create_graph=True)
             dot = sum((g * z[n]).sum() for g, n in zip(grads, names))
@@ -210,3 +217,30 @@ def test_auto_route_per_device() -> None:
     assert E.default_route(torch.device("cuda"), "grad") == E.default_route(torch.device("cuda"), "hessian") == "vmap"
     with pytest.raises(ValueError):
         E.fisher_diagonal(small_cnn(), ["0.weight"], mask_batches(), LOSS, route="nope")
+
+
+class _ViewNet(nn.Module):
+    """Flattens a feature map with ``.view``, which a channels-last input cannot take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+@pytest.mark.parametrize("make", [small_cnn, _ViewNet])
+def test_large_cpu_passes_use_channels_last_with_a_fallback(make) -> None:
+    """A pass of >= CHANNELS_LAST_MIN_SAMPLES images runs channels-last on the CPU; a model whose forward
+    rejects that layout is remembered and run in the plain one.  Both give the loop's gradients."""
+    torch.manual_seed(0)
+    model = make()
+    names = prunable_names(model, include_classifier=True)
+    batches = mask_batches((E.CHANNELS_LAST_MIN_SAMPLES + 4,) + (1,) * 3)
+    ref = naive_batch_grads(model, names, batches)
+    got = E.summed_gradient(model, names, batches, LOSS, chunk_size=1000)
+    assert_close_dicts(got, {n: sum(r[n] for r in ref) for n in names}, atol=1e-6)
+    assert (model in E._NCHW_ONLY) == (make is _ViewNet)
