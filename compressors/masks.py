@@ -21,6 +21,37 @@ def kept_count(n: int, sparsity: float) -> int:
     return int(round((1.0 - sparsity) * n))
 
 
+SMALL_SELECT = 1 << 20  # below this many entries, torch.kthvalue on everything is fast enough
+SAMPLE_SIZE = 1 << 16
+
+
+def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The exact k-th largest entry of the 1-D, NaN-free ``values`` (1 <= k <= n), in about four passes.
+
+    ``torch.kthvalue`` over 11M float32 entries takes ~160 ms on a 2-core CPU.  Here a strided sample
+    (every (n // 2^16)-th entry: a stratified sample over the concatenated tensors) brackets the answer
+    between two sample values ``lo <= hi`` chosen 4 standard deviations of the sample rank around the
+    target; one pass counts the entries above ``hi``, one gathers those in ``[lo, hi]``, and
+    ``kthvalue`` runs on those few.  If the bracket misses (the count says so), it falls back to
+    ``kthvalue`` on everything: the result is always exact, only the time depends on the sample."""
+    n = values.numel()
+    if n <= SMALL_SELECT:
+        return torch.kthvalue(values, n - k + 1).values
+    sample = torch.sort(values[:: n // SAMPLE_SIZE], descending=True).values
+    m = sample.numel()
+    rank = k * m / n  # where the k-th largest falls in the sample
+    margin = 4.0 * (m * (k / n) * (1.0 - k / n)) ** 0.5 + 2.0
+    hi = sample[max(0, int(rank - margin))]
+    lo = sample[min(m - 1, int(rank + margin))]
+    above = int(torch.count_nonzero(values > hi))  # count_nonzero: ~30x faster than bool .sum() on CPU
+    if above < k:
+        between = values[(values <= hi) & (values >= lo)]
+        r = k - above  # the answer is the r-th largest of ``between``
+        if between.numel() >= r:
+            return torch.kthvalue(between, between.numel() - r + 1).values
+    return torch.kthvalue(values, n - k + 1).values
+
+
 def topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
     """0/1 mask keeping the k largest entries of ``flat``; ties go to the lower index."""
     n = flat.numel()
@@ -31,17 +62,20 @@ def topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
         return ~mask
     # float32/float64 keep their order exactly (float64 holds every float32), so no up-cast is needed
     values = flat if flat.dtype in (torch.float32, torch.float64) else flat.double()
-    if bool(torch.isnan(values).any()):  # NaN ranks lowest (the check avoids a copy in the usual case)
+    # NaN ranks lowest.  A NaN-free sum (one reduction) proves there is none, sparing a copy in the usual
+    # case; a NaN sum (a NaN, or inf - inf) takes the exact path.
+    if bool(torch.isnan(values.sum())):
         values = torch.where(torch.isnan(values), float("-inf"), values)
     # Same result as a stable descending sort keeping the first k (lower index first among equal
     # scores), in O(n): the k-th largest value is the threshold; everything above it is kept, and the
     # ties at the threshold are taken in index order until k are kept.
-    threshold = torch.kthvalue(values, n - k + 1).values
+    threshold = kth_largest(values, k)
+    keep = values >= threshold
+    if int(torch.count_nonzero(keep)) == k:  # the usual case: no tie to break
+        return keep
     above = values > threshold
-    need = k - int(above.sum().item())
-    tied = values == threshold
-    if int(tied.sum().item()) == need:  # the usual case: no tie to break
-        return above | tied
+    tied = keep & ~above
+    need = k - int(torch.count_nonzero(above))
     return above | (tied & (torch.cumsum(tied, 0) <= need))
 
 
