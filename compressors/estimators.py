@@ -367,7 +367,8 @@ def default_route(device: torch.device, kind: str = "grad", scored: int = 0) -> 
     CUDA; on CPU ``loop`` for per-batch gradients (ResNet18, 100 samples, idle 2-core CPU: loop 6.3 s,
     hooks 6.5 s with 1.6 GB more memory), and for Hutchinson ``probes`` on small models
     (< 1M scored weights; digits CNN, 10 samples x 10 probes: 0.18 s vs 0.22 s for the loop) but
-    ``loop`` on large ones (ResNet18, 2 samples x 10 probes: loop 2.9 s, probes 4.0 s, vmap 5.7 s),
+    ``loop`` on large ones (ResNet18, 2 samples x 10 probes: loop 2.9 s, probes 4.0 s, vmap 5.7 s;
+    re-measured with the byte-stream probes, 3 samples x 10 probes: loop 4.7-5.4 s, probes 6.6-6.9 s),
     measured on an idle 2-core CPU."""
     if device.type == "cuda":
         return "vmap"

@@ -244,6 +244,23 @@ def test_fast_topk_matches_the_stable_sort_definition() -> None:
         assert torch.equal(topk_mask(flat, k), want), k
 
 
+@pytest.mark.parametrize("case", ["random", "ties", "sample_misses"])
+def test_kth_largest_is_exact_on_large_inputs(case: str) -> None:
+    """Above SMALL_SELECT entries the sample bracket is used; when the strided sample is unrepresentative
+    the fallback keeps the answer exact."""
+    from compressors.masks import SMALL_SELECT, kth_largest
+    n = SMALL_SELECT + 12345
+    g = torch.Generator().manual_seed(1)
+    values = torch.rand(n, generator=g)
+    if case == "ties":
+        values = torch.randint(0, 7, (n,), generator=g).float()
+    elif case == "sample_misses":  # every sampled position holds a huge value
+        values[:: n // (1 << 16)] = 1e6
+    for k in (1, 1000, n // 3, n // 2, n - 5, n):
+        want = torch.sort(values, descending=True).values[k - 1]
+        assert float(kth_largest(values, k)) == float(want), (case, k)
+
+
 # ---------------------------------------------------------------------------------------- the cache
 def test_score_cache_hits_validates_and_survives_corruption(tmp_path: Path) -> None:
     model, names, batches, _ = _setup((2, 2))
