@@ -25,7 +25,9 @@ from torch import nn
 from compressors.base import Compressor, Scores
 from utils.io import load_torch, save_torch
 
-CACHE_VERSION = 1
+# Bump when a criterion gives other values for the same inputs, so older entries are never used:
+# 2 = Hutchinson probes drawn as a byte stream (compressors.estimators.RademacherProbes).
+CACHE_VERSION = 2
 
 
 def _hash_tensor(h: Any, name: str, t: torch.Tensor) -> None:
