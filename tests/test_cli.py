@@ -39,6 +39,16 @@ def test_validate_resolves_names_in_registries(make_config, capsys) -> None:
     assert "training.compressor.class: unknown compressor 'snipp' (did you mean 'snip'?)" in out
 
 
+def test_validate_reports_a_missing_autosparse_predictor(make_config, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nowhere" / "predictor.pt"
+    bad = make_config("autos", **{"training.compressor.class": "autosparse",
+                                  "training.compressor.options": {"predictor": str(missing)}})
+    assert main(["validate", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert (f"{bad}: training.compressor.options: cannot build criterion 'autosparse': autosparse predictor "
+            f"'{missing}': no such file") in out
+
+
 def test_batch_with_a_broken_config_completes_the_others_and_reruns_skip(make_config, tmp_path: Path,
                                                                          capsys) -> None:
     good = make_config("a_good", **{"training.num_steps": 2})

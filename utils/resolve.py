@@ -29,7 +29,9 @@ def _options(cls: type, given: dict[str, Any], path: str, problems: list[Problem
 
 
 def resolve(cfg: ExperimentConfig, file: str | None = None, *, build_model: bool = False) -> ExperimentConfig:
-    """Canonical names and complete options; raises ConfigError with every problem found."""
+    """Canonical names and complete options; raises ConfigError with every problem found.  With
+    ``build_model`` (``main.py validate``) the model and the criterion are also built, so a model option
+    it rejects or a missing AutoSparse predictor file is reported before any run."""
     problems: list[Problem] = []
     out = copy.deepcopy(cfg)
 
@@ -75,6 +77,12 @@ def resolve(cfg: ExperimentConfig, file: str | None = None, *, build_model: bool
             except Exception as exc:  # noqa: BLE001 - any build error is a config problem
                 problems.append(Problem("model", f"cannot build '{out.model.name}' with options "
                                                  f"{cfg.model.options} for input {shape}: {exc}"))
+    if build_model and comp_cls is not None and not problems:
+        try:  # e.g. autosparse loads its predictor file here
+            comp_cls(**out.training.compressor.options)
+        except Exception as exc:  # noqa: BLE001 - any build error is a config problem
+            problems.append(Problem("training.compressor.options",
+                                    f"cannot build criterion '{out.training.compressor.name}': {exc}"))
     if problems:
         raise ConfigError([dataclasses.replace(p, file=file) for p in problems])
     return out
