@@ -68,8 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = sum(o.status == "failed" for o in outcomes)
     interrupted = sum(o.status == "interrupted" for o in outcomes)
     done = sum(o.status in ("completed", "skipped") for o in outcomes)
+    busy = sum(o.status == "busy" for o in outcomes)
     print(f"\n{done} completed ({sum(o.status == 'skipped' for o in outcomes)} skipped), {failed} failed, "
-          f"{interrupted} interrupted, {len(files) - len(outcomes)} not started")
+          f"{interrupted} interrupted, {len(files) - len(outcomes)} not started"
+          + (f", {busy} busy in another process" if busy else ""))
     if interrupted:
         return 130
     return 1 if failed else 0

@@ -164,3 +164,39 @@ def test_the_official_repository_configs_all_validate(capsys) -> None:
     assert len(list(folder.glob("*.json"))) == 13
     assert main(["validate", str(folder)]) == 0
     assert "13 valid, 0 invalid" in capsys.readouterr().out
+
+
+def test_a_run_claimed_by_a_live_process_is_reported_busy_and_left_alone(make_config, tmp_path: Path,
+                                                                         capsys) -> None:
+    """A second process given the same config must not run it at the same time; a lock left by a dead
+    process is taken over."""
+    import socket
+    import subprocess
+    import sys
+
+    from trainers.runner import run_config
+    from utils.config import load_config
+    from utils.resolve import resolve
+    from utils.results import run_dir
+
+    cfg_path = make_config("locked", **{"training.num_steps": 1})
+    results = tmp_path / "results"
+    folder = run_dir(results, resolve(load_config(cfg_path)).to_dict())
+    lock = folder.with_name(folder.name + ".lock")
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        write_json(lock, {"pid": holder.pid, "host": socket.gethostname(), "started": "earlier"})
+        out = run_config(cfg_path, results=results)
+        assert out.status == "busy"
+        assert f"pid {holder.pid}" in out.reason and str(lock) in out.reason
+        assert not folder.exists() and lock.exists()  # nothing touched, the holder's lock kept
+        assert main(["run", str(cfg_path), "--results", str(results)]) == 0
+        assert "1 busy in another process" in capsys.readouterr().out
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is dead now: its lock is stale and taken over; the run completes and releases it
+    out = run_config(cfg_path, results=results)
+    assert out.status == "completed"
+    assert not lock.exists()

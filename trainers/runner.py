@@ -1,5 +1,7 @@
 """Batch execution of config files: skip completed runs, resume interrupted ones, rerun failed ones,
-record every failure and keep going.
+record every failure and keep going.  A run folder is claimed with a lock file while it runs
+(:func:`utils.results.run_lock`), so two processes given the same config never run it at once: the
+second reports the run ``busy`` and goes on.
 
 A run's status lives in its run folder (:mod:`utils.results`).  A config that cannot even be resolved
 (bad field, unknown name) has no run folder; its failure is recorded under
@@ -22,7 +24,7 @@ from utils.config import ExperimentConfig, load_config
 from utils.environment import environment
 from utils.io import write_json
 from utils.resolve import resolve
-from utils.results import RunStore, run_dir
+from utils.results import RunBusy, RunStore, run_dir, run_lock
 from utils.typed import ConfigError
 
 DEFAULT_RESULTS = Path("results")
@@ -35,7 +37,7 @@ class Interrupted(KeyboardInterrupt):
 @dataclass
 class RunOutcome:
     config: str
-    status: str  # completed | skipped | failed | interrupted
+    status: str  # completed | skipped | failed | interrupted | busy (another process holds the run)
     run_dir: str | None = None
     criterion: str | None = None
     sparsity: float | None = None
@@ -101,6 +103,23 @@ def run_config(path: Path, *, results: str | Path | None = None, force: bool = F
         outcome.status = "skipped"
         _fill_results(outcome, results_json)
         return outcome
+    try:
+        with run_lock(store.path):
+            return _run_claimed(path, cfg, resolved, store, status, outcome, tic, force=force, log=log,
+                                on_epoch_end=on_epoch_end)
+    except RunBusy as busy:
+        outcome.status, outcome.reason = "busy", str(busy)
+        return outcome
+
+
+def _run_claimed(path: Path, cfg: ExperimentConfig, resolved: dict[str, Any], store: RunStore,
+                 status: dict[str, Any] | None, outcome: RunOutcome, tic: float, *, force: bool,
+                 log: Callable[[str], None], on_epoch_end: Callable | None) -> RunOutcome:
+    """The part of :func:`run_config` that runs while this process holds the run folder's lock."""
+    if store.is_completed() and not force:  # finished by another process while we waited for the lock
+        outcome.status = "skipped"
+        _fill_results(outcome, store.read("results.json"))
+        return outcome
     if force or (status and status.get("status") == "failed"):
         shutil.rmtree(store.path, ignore_errors=True)  # start over: nothing stale survives
     resuming = store.file("checkpoint.pt").exists()
@@ -155,6 +174,8 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
                 log(f"  FAILED: {outcome.reason}")
             elif outcome.status == "skipped":
                 log("  already completed (same resolved config); skipped (use --force to rerun)")
+            elif outcome.status == "busy":
+                log(f"  BUSY: {outcome.reason}")
             outcomes.append(outcome)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -178,7 +199,7 @@ def summary_table(outcomes: list[RunOutcome]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
     out = [line, "-" * len(line)] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    failed = [o for o in outcomes if o.status in ("failed", "interrupted")]
+    failed = [o for o in outcomes if o.status in ("failed", "interrupted", "busy")]
     for o in failed:
         out.append(f"{o.status.upper()}: {o.config}: {o.reason}")
     return "\n".join(out)
