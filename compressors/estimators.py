@@ -439,6 +439,14 @@ def fisher_diagonal(model: nn.Module, names: Sequence[str], loader: Iterable, lo
 
 
 # --------------------------------------------------------------------------------------- Hutchinson
+def flat_views(flat: torch.Tensor, shapes: Sequence[torch.Size]) -> list[torch.Tensor]:
+    """Views ``(lead..., *shape)`` of consecutive pieces of ``flat`` shaped ``(lead..., sum of sizes)``:
+    one flat buffer holding one tensor per parameter (probes, accumulators, SynFlow's scores and mask)."""
+    lead = flat.shape[:-1]
+    parts = flat.split([math.prod(s) for s in shapes], dim=-1)
+    return [part.view((*lead, *shape)) for part, shape in zip(parts, shapes)]
+
+
 _SIGN_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
@@ -487,9 +495,7 @@ class RademacherProbes:
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views ``(lead..., *shape)`` of ``flat`` shaped ``(lead..., total)``."""
-        lead = flat.shape[:-1]
-        return [part.view(*lead, *shape) if lead else part.view(shape)
-                for part, shape in zip(flat.split(self.sizes, dim=-1), self.shapes)]
+        return flat_views(flat, self.shapes)
 
 
 @dataclass

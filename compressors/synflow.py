@@ -10,6 +10,7 @@ from torch.func import functional_call
 
 from compressors import register
 from compressors.base import Compressor, Scores
+from compressors.estimators import flat_views
 from compressors.masks import kept_count, topk_mask
 from compressors.options import SynFlowOptions
 
@@ -101,11 +102,9 @@ class SynFlow(Compressor):
         flat_mask = torch.ones(total, dtype=torch.bool, device=device)
         flat_scores = torch.empty(total, dtype=dtype, device=device)
 
-        def views(flat: torch.Tensor) -> dict[str, torch.Tensor]:
-            parts = flat.split([params[n].numel() for n in names])
-            return {n: part.view(params[n].shape) for n, part in zip(names, parts)}
-
-        masks, scores = views(flat_mask), views(flat_scores)
+        shapes = [params[n].shape for n in names]
+        masks = dict(zip(names, flat_views(flat_mask, shapes)))
+        scores = dict(zip(names, flat_views(flat_scores, shapes)))
         n_rounds = self.options.rounds
         keep = 1.0 - sparsity
         state = positive_state(model, dtype)

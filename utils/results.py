@@ -129,14 +129,18 @@ def _holder_is_gone(holder: dict[str, Any] | None, path: Path) -> bool:
     return False
 
 
+def lock_path(folder: str | Path) -> Path:
+    """``<folder>.lock``: a sibling of the run folder, so a rerun that deletes the folder keeps it."""
+    folder = Path(folder)
+    return folder.with_name(folder.name + ".lock")
+
+
 @contextlib.contextmanager
 def run_lock(folder: str | Path) -> Iterator[Path]:
-    """Claim ``folder`` for this process: ``<folder>.lock`` (a sibling, so it survives a rerun that
-    deletes the folder) is created exclusively with this pid, host and start time, and removed on exit,
-    Ctrl-C and SIGTERM included.  A lock left by a dead process on this host is taken over; a live one
-    raises :class:`RunBusy` naming its holder and the file."""
-    folder = Path(folder)
-    path = folder.with_name(folder.name + ".lock")
+    """Claim ``folder`` for this process: :func:`lock_path` is created exclusively with this pid, host
+    and start time, and removed on exit, Ctrl-C and SIGTERM included.  A lock left by a dead process on
+    this host is taken over; a live one raises :class:`RunBusy` naming its holder and the file."""
+    path = lock_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for attempt in range(2):
