@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from utils.config import load_config  # noqa: E402
-from utils.resolve import resolve  # noqa: E402
-from utils.typed import ConfigError  # noqa: E402
+# Every command imports what it needs when it runs, so that `main.py --help` starts fast (no torch).
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from trainers.runner import collect_configs
+    from launch.runner import collect_configs
+    from spec import RunSpec
+    from utils.typed import ConfigError
 
     files = collect_configs(args.paths, args.recursive)
     if not files:
@@ -34,7 +34,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for f in files:
         try:
-            resolve(load_config(f), str(f), build_model=True)
+            RunSpec.load(f, build=True)
             print(f"OK       {f}")
         except ConfigError as exc:
             bad += 1
@@ -46,7 +46,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from trainers.runner import collect_configs, run_batch, summary_table
+    from launch.runner import collect_configs, run_batch, summary_table
+    from spec.config import parse_config, read_json
+    from utils.typed import ConfigError
 
     files = collect_configs(args.paths, args.recursive)
     if not files:
@@ -55,9 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.experiment:  # official form: --experiment must agree with each config's general.experiment
         for f in files:
             try:
-                exp = load_config(f).general.experiment
+                cfg, _ = parse_config(read_json(f))
             except ConfigError:
                 continue  # reported by the run itself
+            exp = cfg.general.experiment if cfg is not None else args.experiment
             if exp.lower() != args.experiment.lower():
                 print(f"{f}: general.experiment is '{exp}' but --experiment {args.experiment} was given",
                       file=sys.stderr)
@@ -81,17 +84,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     import compressors
     import data
     import models
-    import trainers
+    from spec import EXPERIMENTS, config_fields
 
     if args.fields:  # the README's config reference, generated from the typed dataclasses
-        from utils.config import ExperimentConfig
-        from utils.typed import describe_fields
-
         print("| field | type | default | meaning |\n|---|---|---|---|")
-        for path, kind, default, meaning in describe_fields(ExperimentConfig):
+        for path, kind, default, meaning in config_fields():
             print(f"| `{path}` | {kind} | `{default}` | {meaning} |")
         return 0
-    for title, names in (("experiments", trainers.names()), ("datasets", data.names()),
+    for title, names in (("experiments", EXPERIMENTS.names()), ("datasets", data.names()),
                          ("models", models.names()), ("criteria", compressors.names())):
         print(f"{title}: {', '.join(names)}")
     return 0

@@ -15,22 +15,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from compressors.base import Compressor, Scores, classifier_name, prunable_names
-from compressors.masks import collapsed_layers, density, global_sparsity, kept_count, select
-from utils.registry import Registry, import_submodules
+from compressors.base import Compressor, ScoreMap, Scores, classifier_name, prunable_names
+from compressors.masks import (
+    collapsed_layers,
+    density,
+    global_sparsity,
+    kept_count,
+    mask_summary,
+    select,
+    select_remaining,
+    sparsity_schedule,
+)
+from utils.registry import Registry
 
-REGISTRY: Registry[type[Compressor]] = Registry("compressor")
+REGISTRY: Registry[type[Compressor]] = Registry("compressor", plugins=__name__)
 register = REGISTRY.register
-
-
-def discover() -> list[str]:
-    """Import every module of this package (again picking up newly added files)."""
-    return import_submodules(__name__, __path__)
+discover = REGISTRY.discover
+names = REGISTRY.names
 
 
 def get(name: str) -> type[Compressor]:
     """The criterion class registered under ``name`` (case-insensitive) or at ``pkg.module:Class``."""
-    discover()
     cls = REGISTRY.get(name)
     if not (isinstance(cls, type) and issubclass(cls, Compressor)):
         raise TypeError(f"'{name}' is not a Compressor subclass (got {cls!r})")
@@ -42,12 +47,8 @@ def build(name: str, **options: Any) -> Compressor:
     return get(name)(**options)
 
 
-def names() -> list[str]:
-    discover()
-    return REGISTRY.names()
-
-
 __all__ = [
-    "Compressor", "Scores", "REGISTRY", "register", "build", "get", "names", "discover", "select",
+    "Compressor", "ScoreMap", "Scores", "REGISTRY", "register", "build", "get", "names", "discover", "select",
     "prunable_names", "classifier_name", "kept_count", "density", "global_sparsity", "collapsed_layers",
+    "mask_summary", "select_remaining", "sparsity_schedule",
 ]

@@ -20,6 +20,16 @@ from utils.typed import NoOptions, parse_strict
 
 Scores = dict[str, torch.Tensor]
 
+
+class ScoreMap(dict):
+    """What :meth:`Compressor.score` returns: ``{param_name: score tensor}`` (a dict) together with the
+    criterion's ``diagnostics`` of this very scoring (a JSON-ready dict, e.g. Hutchinson standard errors;
+    empty for most criteria).  ``compute`` may return a plain dict or a ScoreMap."""
+
+    def __init__(self, scores: Any = (), diagnostics: dict[str, Any] | None = None) -> None:
+        super().__init__(scores)
+        self.diagnostics: dict[str, Any] = dict(diagnostics or {})
+
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -109,8 +119,9 @@ class Compressor:
         *,
         sparsity: float | None = None,
         params: Sequence[str] | None = None,
-    ) -> Scores:
-        """Score the prunable parameters of ``model``: ``{param_name: tensor shaped like the param}``.
+    ) -> ScoreMap:
+        """Score the prunable parameters of ``model``: ``{param_name: tensor shaped like the param}`` with
+        the criterion's diagnostics of this scoring in ``.diagnostics``.
 
         ``mask_loader`` yields ``(inputs, targets)`` batches (the mask data); ``loss_fn`` maps
         ``(logits, targets)`` to the mean loss.  ``params`` overrides which parameters are scored
@@ -130,7 +141,8 @@ class Compressor:
                 all_params[n].requires_grad_(True)
             scores = self.compute(model, names, mask_loader, loss_fn, sparsity)
         # contiguous: a criterion may return gradients in another memory layout (channels-last passes)
-        return {n: scores[n].detach().to(all_params[n].device).contiguous() for n in names}
+        return ScoreMap({n: scores[n].detach().to(all_params[n].device).contiguous() for n in names},
+                        getattr(scores, "diagnostics", None))
 
     def compute(
         self,

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from compressors.base import Compressor, Scores
+from compressors.base import Compressor, ScoreMap, Scores
 from utils.io import load_torch, save_torch
 
 # Bump when a criterion gives other values for the same inputs, so older entries are never used:
@@ -114,10 +114,10 @@ class ScoreCache:
 
 def score_with_cache(compressor: Compressor, model: nn.Module, mask_loader: Iterable | None, loss_fn: Any, *,
                      names: Sequence[str], sparsity: float | None, cache_dir: str | Path | None,
-                     mask_indices: Sequence[int] | None = None) -> tuple[Scores, dict[str, Any]]:
-    """``compressor.score`` through the cache in ``cache_dir`` (None: no cache).  Returns the scores and
-    ``{"score_cache": "hit" | "miss" | "off", "score_cache_key": ...}``; on a hit the criterion's
-    ``diagnostics`` are restored from the entry."""
+                     mask_indices: Sequence[int] | None = None) -> tuple[ScoreMap, dict[str, Any]]:
+    """``compressor.score`` through the cache in ``cache_dir`` (None: no cache).  Returns the scores (with
+    their diagnostics, restored from the entry on a hit) and ``{"score_cache": "hit" | "miss" | "off",
+    "score_cache_key": ...}``."""
     if cache_dir is None:
         scores = compressor.score(model, mask_loader, loss_fn, params=names, sparsity=sparsity)
         return scores, {"score_cache": "off"}
@@ -127,8 +127,8 @@ def score_with_cache(compressor: Compressor, model: nn.Module, mask_loader: Iter
     hit = cache.load(compressor.name, key, {n: params[n].shape for n in names})
     if hit is not None:
         scores, diagnostics = hit
-        compressor.diagnostics = diagnostics
-        return {n: scores[n].to(params[n].device) for n in names}, {"score_cache": "hit", "score_cache_key": key}
+        return (ScoreMap({n: scores[n].to(params[n].device) for n in names}, diagnostics),
+                {"score_cache": "hit", "score_cache_key": key})
     scores = compressor.score(model, mask_loader, loss_fn, params=names, sparsity=sparsity)
-    cache.save(compressor.name, key, scores, getattr(compressor, "diagnostics", {}) or {})
+    cache.save(compressor.name, key, scores, scores.diagnostics)
     return scores, {"score_cache": "miss", "score_cache_key": key}

@@ -7,7 +7,7 @@ order of ``scores`` as given), never by the sort algorithm.  NaN scores rank low
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -106,6 +106,39 @@ def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = 
     return masks
 
 
+def select_remaining(scores: Scores, masks: Scores, sparsity: float,
+                     scope: Literal["global", "layer"] = "global") -> Scores:
+    """Masks at ``sparsity`` keeping the best-scored *remaining* weights (iterative pruning): weights
+    already pruned in ``masks`` rank below every remaining one, so they never come back and the new masks
+    are subsets of ``masks``.  With nothing pruned yet this is :func:`select` exactly."""
+    if all(bool(m.all()) for m in masks.values()):
+        return {n: m.to(masks[n].device, masks[n].dtype) for n, m in select(scores, sparsity, scope).items()}
+    top = torch.finfo(torch.float64).max
+    ranked = {}
+    for n, s in scores.items():
+        s = torch.nan_to_num(s.detach().double(), nan=-top, posinf=top, neginf=-top)
+        ranked[n] = torch.where(masks[n].to(s.device).bool(), s, torch.full_like(s, float("-inf")))
+    new = select(ranked, sparsity, scope)
+    return {n: (new[n].to(masks[n].device) * masks[n]).to(masks[n].dtype) for n in masks}
+
+
+def sparsity_schedule(target_sparsity: float, steps: int, schedule: str = "geometric") -> list[float]:
+    """Sparsity after each of ``steps`` pruning steps; the last is exactly the target.
+
+    ``geometric``: density d^(i/n) after step i, d = 1 - target (SynFlow's rounds, Tanaka et al. 2020;
+    lottery-ticket IRP); ``equal``: sparsity target * i / n (the same number of weights removed each step)."""
+    if not 0.0 <= target_sparsity < 1.0:
+        raise ValueError(f"target sparsity must be in [0, 1), got {target_sparsity}")
+    if steps < 1:
+        raise ValueError(f"the number of pruning steps must be >= 1, got {steps}")
+    if schedule not in ("geometric", "equal"):
+        raise ValueError(f"schedule must be 'geometric' or 'equal', got {schedule!r}")
+    d = 1.0 - target_sparsity
+    out = [1.0 - d ** (i / steps) if schedule == "geometric" else target_sparsity * i / steps
+           for i in range(1, steps)]
+    return out + [target_sparsity]
+
+
 def density(masks: Scores) -> dict[str, float]:
     """Fraction of kept weights per tensor."""
     return {n: float(m.sum().item()) / max(m.numel(), 1) for n, m in masks.items()}
@@ -120,3 +153,19 @@ def global_sparsity(masks: Scores) -> float:
 def collapsed_layers(masks: Scores) -> list[str]:
     """Tensors left with no weight at all (layer collapse)."""
     return [n for n, m in masks.items() if m.numel() > 0 and not bool(m.any())]
+
+
+def mask_summary(masks: Scores, total_parameters: int) -> dict[str, Any]:
+    """What every run records about its mask: prunable / kept counts, achieved sparsity over the prunable
+    weights and over all ``total_parameters`` of the model, density per tensor, collapsed tensors."""
+    prunable = sum(m.numel() for m in masks.values())
+    kept = int(sum(int(torch.count_nonzero(m)) for m in masks.values()))
+    return {
+        "prunable_parameters": prunable,
+        "kept_parameters": kept,
+        "achieved_sparsity": global_sparsity(masks),
+        "total_parameters": total_parameters,
+        "overall_sparsity": (prunable - kept) / total_parameters if total_parameters else 0.0,
+        "layer_density": density(masks),
+        "layer_collapse": collapsed_layers(masks),
+    }

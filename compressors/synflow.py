@@ -9,9 +9,9 @@ from torch import nn
 from torch.func import functional_call
 
 from compressors import register
-from compressors.base import Compressor, Scores
+from compressors.base import Compressor, ScoreMap, Scores
 from compressors.estimators import flat_views
-from compressors.masks import kept_count, topk_mask
+from compressors.masks import kept_count, sparsity_schedule, topk_mask
 from compressors.options import SynFlowOptions
 
 
@@ -87,9 +87,8 @@ class SynFlow(Compressor):
             scores, ok = self._rounds(model, names, shape, dtype, sparsity)
             if ok:
                 break
-        self.diagnostics = {"rounds": self.options.rounds, "dtype": str(dtype).replace("torch.", ""),
-                            "finite": ok}
-        return scores
+        return ScoreMap(scores, {"rounds": self.options.rounds, "dtype": str(dtype).replace("torch.", ""),
+                                 "finite": ok})
 
     def _rounds(self, model: nn.Module, names: list[str], shape: tuple[int, ...], dtype: torch.dtype,
                 sparsity: float) -> tuple[Scores, bool]:
@@ -105,13 +104,12 @@ class SynFlow(Compressor):
         shapes = [params[n].shape for n in names]
         masks = dict(zip(names, flat_views(flat_mask, shapes)))
         scores = dict(zip(names, flat_views(flat_scores, shapes)))
-        n_rounds = self.options.rounds
-        keep = 1.0 - sparsity
+        schedule = sparsity_schedule(sparsity, self.options.rounds)  # round k keeps d^(k/n)
         state = positive_state(model, dtype)
-        for k in range(1, n_rounds + 1):
+        for k, round_sparsity in enumerate(schedule, 1):
             _, ok = synflow_scores(model, names, masks, shape, dtype, state, out=scores)
             if not (ok and bool(torch.isfinite(flat_scores.max()))):  # scores >= 0: max is inf/NaN if any is
                 return scores, False
-            if k < n_rounds:
-                flat_mask.copy_(topk_mask(flat_scores, kept_count(total, 1.0 - keep ** (k / n_rounds))))
+            if k < len(schedule):
+                flat_mask.copy_(topk_mask(flat_scores, kept_count(total, round_sparsity)))
         return scores, True

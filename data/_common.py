@@ -1,6 +1,7 @@
 """Helpers shared by the dataset modules: where datasets live, clear errors for missing data, downloads
-that never leak a bare urllib traceback, atomic folder creation, an in-memory uint8 image dataset and
-the description of data the device-resident loader can hold.
+that never leak a bare urllib traceback, atomic folder creation, an in-memory uint8 image dataset, the
+description of data the device-resident loader can hold, the crop/flip/normalise transforms and the
+option dataclasses of the RGB datasets.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from utils.typed import Problem, option
 
 ENV_VAR = "PAI_DATASETS"
 DEFAULT_ROOT = "./datasets"
@@ -167,11 +170,46 @@ def hwc_to_nchw(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def check_rgb_stats(options: Any, path: str, problems: list) -> None:
-    """Options ``mean`` / ``std``, when given, must hold three numbers (R, G, B)."""
-    from utils.typed import Problem
+def crop_flip_transforms(size: int, mean: Sequence[float], std: Sequence[float], padding: int, augment: bool,
+                         view: Optional[Callable] = None) -> tuple[Callable, Callable]:
+    """(train, eval) torchvision transforms: ``view`` first when given (e.g. a resize to ``size``), then
+    for training only ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip`` when ``augment``, then
+    ``ToTensor`` + ``Normalize(mean, std)``."""
+    from torchvision import transforms as T
 
-    for key in ("mean", "std"):
-        value = getattr(options, key)
-        if value is not None and len(value) != 3:
-            problems.append(Problem(f"{path}.{key}", f"expected 3 numbers (R, G, B), got {value}"))
+    first = [view] if view is not None else []
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    aug = [T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()] if augment else []
+    return T.Compose(first + aug + norm), T.Compose(first + norm)
+
+
+def stat_option(stat: Literal["mean", "std"], default: str, purpose: str = "") -> Any:
+    """The ``mean`` or ``std`` option of an RGB dataset: per-channel numbers, null for ``default`` (named in
+    the help text); a std must be positive."""
+    bounds: dict[str, Any] = {"min": 0, "min_exclusive": True} if stat == "std" else {}
+    return option(None, f"per-channel {stat}{purpose} (default: {default})", **bounds)
+
+
+@dataclass
+class RgbOptions:
+    """Base of the RGB datasets' options.  Subclasses declare ``mean`` and ``std`` with :func:`stat_option`
+    (after their own fields, so the JSON keys keep their order)."""
+
+    def check(self, path: str, problems: list[Problem]) -> None:
+        """``mean`` / ``std``, when given, must hold three numbers (R, G, B)."""
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                problems.append(Problem(f"{path}.{key}", f"expected 3 numbers (R, G, B), got {value}"))
+
+
+@dataclass
+class CropFlipOptions(RgbOptions):
+    """Options of the datasets trained with a random crop after zero padding and a horizontal flip
+    (cifar10 / cifar100 with these help texts; tinyimagenet overrides those that name its crop size and
+    default statistics)."""
+
+    augment: bool = option(True, "random crop with padding + horizontal flip for training")
+    padding: int = option(4, "zero padding (pixels) before the random 32x32 crop", min=0)
+    mean: Optional[list[float]] = stat_option("mean", "the dataset's", " for normalisation")
+    std: Optional[list[float]] = stat_option("std", "the dataset's", " for normalisation")

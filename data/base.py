@@ -31,7 +31,6 @@ class DataSplits:
     train_targets: np.ndarray
     num_classes: int
     input_shape: tuple[int, ...]
-    classes: Optional[list[str]] = None
     device_data: Optional[Callable[[], DeviceData]] = None
     """For the device-resident loader (``dataset.loader: "device"``): a function returning the uint8
     images and the augmentation recipe; None when the dataset cannot be held as uint8 tensors."""

@@ -9,37 +9,26 @@ and a horizontal flip; then per-dataset normalisation.  The device-resident load
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 from torchvision import datasets as tvd
-from torchvision import transforms as T
 
 from data import register
-from data._common import ArrayDataset, DeviceData, check_rgb_stats, hwc_to_nchw, missing_error
+from data._common import ArrayDataset, CropFlipOptions, DeviceData, crop_flip_transforms, hwc_to_nchw, missing_error
 from data.base import DatasetSource, DataSplits
-from utils.typed import option
 
 
 @dataclass
-class CifarOptions:
-    augment: bool = option(True, "random crop with padding + horizontal flip for training")
-    padding: int = option(4, "zero padding (pixels) before the random 32x32 crop", min=0)
-    mean: Optional[list[float]] = option(None, "per-channel mean for normalisation (default: the dataset's)")
-    std: Optional[list[float]] = option(None, "per-channel std for normalisation (default: the dataset's)",
-                                        min=0, min_exclusive=True)
-
-    def check(self, path: str, problems: list) -> None:
-        check_rgb_stats(self, path, problems)
+class CifarOptions(CropFlipOptions):
+    """Options of cifar10 / cifar100: augment, padding (of the 32x32 crop), mean, std."""
 
 
 def cifar_transforms(mean: Sequence[float], std: Sequence[float], padding: int = 4,
                      augment: bool = True) -> tuple[Callable, Callable]:
     """(train, eval) torchvision transforms of the CIFAR datasets: RandomCrop(32, padding) + flip, then
     ToTensor + Normalize; evaluation only normalises."""
-    norm = [T.ToTensor(), T.Normalize(mean, std)]
-    aug = [T.RandomCrop(32, padding=padding), T.RandomHorizontalFlip()] if augment else []
-    return T.Compose(aug + norm), T.Compose(norm)
+    return crop_flip_transforms(32, mean, std, padding, augment)
 
 
 class _Cifar(DatasetSource):
@@ -96,7 +85,7 @@ class _Cifar(DatasetSource):
         return DataSplits(
             train=ArrayDataset(x_train, y_train, train_tf), train_eval=ArrayDataset(x_train, y_train, eval_tf),
             test=ArrayDataset(x_test, y_test, eval_tf), train_targets=y_train, num_classes=self.num_classes,
-            input_shape=self.input_shape, classes=list(train_set.classes), device_data=device_data)
+            input_shape=self.input_shape, device_data=device_data)
 
 
 @register("cifar10")

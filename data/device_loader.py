@@ -51,7 +51,7 @@ class DeviceLoader:
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, *, batch_size: int, device: torch.device,
                  mean: Sequence[float], std: Sequence[float], train: bool, seed: int = 0, padding: int = 0,
-                 flip: bool = False, drop_last: bool = False, channels_last: bool = False) -> None:
+                 flip: bool = False, drop_last: bool = False) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"DeviceLoader needs uint8 images shaped (N, C, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -60,16 +60,16 @@ class DeviceLoader:
         self.targets = targets.to(self.device, dtype=torch.int64)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.padding, self.flip, self.drop_last = padding, flip, drop_last
-        self.channels_last = channels_last
         c = images.shape[1]
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device).reshape(1, c, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device).reshape(1, c, 1, 1)
-        self.epoch = 0
+        self.epoch, self.start_batch = 0, 0
         self.dataset = range(len(self.targets))  # len(loader.dataset) like a DataLoader
 
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the order and the augmentation of epoch ``epoch``."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Fix the order and the augmentation of epoch ``epoch``; iteration starts at batch ``start_batch``
+        (a run resumed inside an epoch sees the batches an uninterrupted one would)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
         n = len(self.targets)
@@ -95,8 +95,7 @@ class DeviceLoader:
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 -> float, ``(x / 255 - mean) / std`` (the operations of ToTensor + Normalize)."""
-        x = batch.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return batch.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         with single_thread_on_cpu(self.device):
@@ -104,7 +103,7 @@ class DeviceLoader:
             n = len(order)
             offsets, flips = self._draws(n)
         stop = n - n % self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
+        for start in range(self.start_batch * self.batch_size, stop, self.batch_size):
             with single_thread_on_cpu(self.device):
                 idx = order[start:start + self.batch_size]
                 batch = self.images.index_select(0, idx)

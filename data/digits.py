@@ -47,4 +47,4 @@ class Digits(DatasetSource):
         train = TensorDataset(x[idx_train], y[idx_train])
         test = TensorDataset(x[idx_test], y[idx_test])
         return DataSplits(train=train, train_eval=train, test=test, train_targets=targets[idx_train],
-                          num_classes=10, input_shape=(1, 8, 8), classes=[str(i) for i in range(10)])
+                          num_classes=10, input_shape=(1, 8, 8))

@@ -15,7 +15,7 @@ from typing import Callable, Literal, Optional
 from torchvision import transforms as T
 
 from data import register
-from data._common import DeviceData, check_rgb_stats, missing_error
+from data._common import DeviceData, RgbOptions, crop_flip_transforms, missing_error, stat_option
 from data._images import FitSquare, SampleDataset, channel_stats, find_classes, materialise, scan
 from data.base import DatasetSource, DataSplits
 from utils.typed import Problem, option
@@ -25,7 +25,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
-class ImageFolderOptions:
+class ImageFolderOptions(RgbOptions):
     path: str = option("", "dataset folder holding train/ and test/ (or val/); relative to the datasets root "
                            "unless absolute (required)")
     image_size: int = option(32, "side of the square network input in pixels", min=1)
@@ -35,27 +35,23 @@ class ImageFolderOptions:
     padding: int = option(4, "zero padding of the 'cifar' random crop", min=0)
     test_split: Literal["auto", "test", "val"] = option("auto", "evaluation folder: test/, val/, or 'auto' "
                                                                  "(test/ if present, else val/)")
-    mean: Optional[list[float]] = option(None, "per-channel mean (default: computed from train/, cached)")
-    std: Optional[list[float]] = option(None, "per-channel std (default: computed from train/, cached)",
-                                        min=0, min_exclusive=True)
+    mean: Optional[list[float]] = stat_option("mean", "computed from train/, cached")
+    std: Optional[list[float]] = stat_option("std", "computed from train/, cached")
 
     def check(self, path: str, problems: list[Problem]) -> None:
         if not self.path:
             problems.append(Problem(f"{path}.path", "required: the folder holding train/ and test/ (or val/)"))
-        check_rgb_stats(self, path, problems)
+        super().check(path, problems)
 
 
 def transforms_for(augment: str, size: int, padding: int, mean, std) -> tuple[Callable, Callable, Callable]:
     """(train transform, eval transform, un-normalised eval view used for statistics)."""
-    norm = [T.ToTensor(), T.Normalize(mean, std)]
     if augment == "imagenet":
         view = T.Compose([T.Resize(round(size * 256 / 224)), T.CenterCrop(size)])
-        train = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
-    else:
-        view = FitSquare(size)
-        aug = [T.RandomCrop(size, padding=padding), T.RandomHorizontalFlip()] if augment == "cifar" else []
-        train = T.Compose([view, *aug, *norm])
-    return train, T.Compose([view, *norm]), view
+        norm = [T.ToTensor(), T.Normalize(mean, std)]
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm]), T.Compose([view, *norm]), view
+    view = FitSquare(size)
+    return (*crop_flip_transforms(size, mean, std, padding, augment == "cifar", view=view), view)
 
 
 def folder_splits(name: str, folder: Path, eval_dirs: list[str], *, size: int, augment: str, padding: int,
@@ -99,8 +95,7 @@ def folder_splits(name: str, folder: Path, eval_dirs: list[str], *, size: int, a
 
     return DataSplits(train=train_set, train_eval=SampleDataset(train_samples, eval_tf),
                       test=SampleDataset(eval_samples, eval_tf), train_targets=train_set.targets,
-                      num_classes=len(classes), input_shape=(3, size, size), classes=classes,
-                      device_data=device_data)
+                      num_classes=len(classes), input_shape=(3, size, size), device_data=device_data)
 
 
 @register("imagefolder")
@@ -125,17 +120,13 @@ class ImageFolderData(DatasetSource):
 
 
 @dataclass
-class ImageNetOptions:
+class ImageNetOptions(RgbOptions):
     path: str = option("imagenet", "ImageNet folder with train/ and val/ class folders; relative to the "
                                    "datasets root unless absolute")
     image_size: int = option(224, "training crop / evaluation centre crop (evaluation resizes to size*256/224)",
                              min=1)
-    mean: Optional[list[float]] = option(None, "per-channel mean (default: the usual ImageNet constants)")
-    std: Optional[list[float]] = option(None, "per-channel std (default: the usual ImageNet constants)",
-                                        min=0, min_exclusive=True)
-
-    def check(self, path: str, problems: list[Problem]) -> None:
-        check_rgb_stats(self, path, problems)
+    mean: Optional[list[float]] = stat_option("mean", "the usual ImageNet constants")
+    std: Optional[list[float]] = stat_option("std", "the usual ImageNet constants")
 
 
 @register("imagenet")

@@ -29,16 +29,17 @@ from utils.seeding import derive_seed, epoch_permutation
 
 
 class EpochShuffler(Sampler[int]):
-    """Random permutation per epoch from a generator seeded by (seed, epoch); call set_epoch(e)."""
+    """Random permutation per epoch from a generator seeded by (seed, epoch); call set_epoch(e).  With
+    ``set_epoch(e, start)`` iteration begins at position ``start`` of that permutation."""
 
     def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
+        return iter(epoch_permutation(self.n, self.seed, self.epoch)[self.start:].tolist())
 
     def __len__(self) -> int:
         return self.n
@@ -60,12 +61,13 @@ class Loaders:
     val_is_test: bool
     seed: int
 
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the shuffling (and worker seeds / augmentation draws) of training epoch ``epoch``."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Fix the shuffling (and worker seeds / augmentation draws) of training epoch ``epoch``; the next
+        pass over ``train`` starts at batch ``start_batch`` of it."""
         if isinstance(self.train, DeviceLoader):
-            self.train.set_epoch(epoch)
+            self.train.set_epoch(epoch, start_batch)
             return
-        self.train.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        self.train.sampler.set_epoch(epoch, start_batch * self.train.batch_size)  # type: ignore[union-attr]
         if self.train.generator is not None:
             self.train.generator.manual_seed(derive_seed(self.seed, "workers", epoch))
 

@@ -19,25 +19,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Optional
 
-from torchvision import transforms as T
-
 from data import register
-from data._common import DeviceData, atomic_folder, check_rgb_stats, download_file, md5sum, missing_error
+from data._common import (
+    CropFlipOptions,
+    DeviceData,
+    atomic_folder,
+    crop_flip_transforms,
+    download_file,
+    md5sum,
+    missing_error,
+    stat_option,
+)
 from data._images import SampleDataset, materialise, scan
 from data.base import DatasetSource, DataSplits
-from utils.typed import Problem, option
+from utils.typed import option
 
 
 @dataclass
-class TinyImageNetOptions:
-    augment: bool = option(True, "random crop with padding + horizontal flip for training")
+class TinyImageNetOptions(CropFlipOptions):
     padding: int = option(4, "zero padding before the random 64x64 crop", min=0)
-    mean: Optional[list[float]] = option(None, "per-channel mean (default: the training-set constants)")
-    std: Optional[list[float]] = option(None, "per-channel std (default: the training-set constants)",
-                                        min=0, min_exclusive=True)
-
-    def check(self, path: str, problems: list[Problem]) -> None:
-        check_rgb_stats(self, path, problems)
+    mean: Optional[list[float]] = stat_option("mean", "the training-set constants")
+    std: Optional[list[float]] = stat_option("std", "the training-set constants")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -160,9 +162,8 @@ class TinyImageNet(DatasetSource):
         o = self.options
         mean = tuple(o.mean) if o.mean else self.mean
         std = tuple(o.std) if o.std else self.std
-        norm = [T.ToTensor(), T.Normalize(mean, std)]
-        aug = [T.RandomCrop(64, padding=o.padding), T.RandomHorizontalFlip()] if o.augment else []
-        train = SampleDataset(train_samples, T.Compose(aug + norm))
+        train_tf, eval_tf = crop_flip_transforms(64, mean, std, o.padding, o.augment)
+        train = SampleDataset(train_samples, train_tf)
 
         def device_data() -> DeviceData:
             x_train, y_train = materialise(train_samples, 64, self.folder, "train")
@@ -170,6 +171,6 @@ class TinyImageNet(DatasetSource):
             return DeviceData(x_train, y_train, x_test, y_test, mean, std,
                               padding=o.padding if o.augment else 0, flip=o.augment)
 
-        return DataSplits(train=train, train_eval=SampleDataset(train_samples, T.Compose(norm)),
-                          test=SampleDataset(test_samples, T.Compose(norm)), train_targets=train.targets,
-                          num_classes=len(wnids), input_shape=(3, 64, 64), classes=wnids, device_data=device_data)
+        return DataSplits(train=train, train_eval=SampleDataset(train_samples, eval_tf),
+                          test=SampleDataset(test_samples, eval_tf), train_targets=train.targets,
+                          num_classes=len(wnids), input_shape=(3, 64, 64), device_data=device_data)

@@ -7,7 +7,7 @@ resnet50 23,520,842.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -86,25 +86,31 @@ class ResNet(nn.Module):
         return self.linear(torch.flatten(self.pool(out), 1))
 
 
-_DEPTHS = {
+def register_resnets(depths: dict[str, tuple[type[nn.Module], tuple[int, ...]]], *, num_classes: int,
+                     input_shape: tuple[int, ...], doc: str) -> None:
+    """Register a builder of :class:`ResNet` under each name of ``depths`` (name -> (block, blocks per
+    stage)) with these default ``num_classes`` / ``input_shape``.  The builder's ``__name__`` is the
+    lower-cased name and its docstring ``doc`` formatted with ``name``, ``blocks`` and ``block`` (the
+    block class's name)."""
+    for name, (block, blocks) in depths.items():
+        register(name)(_builder(name, block, blocks, num_classes, input_shape, doc))
+
+
+def _builder(name: str, block: type[nn.Module], blocks: tuple[int, ...], default_classes: int,
+             default_shape: tuple[int, ...], doc: str) -> Callable[..., nn.Module]:
+    def builder(num_classes: int = default_classes, input_shape: Sequence[int] = default_shape) -> nn.Module:
+        return ResNet(block, blocks, num_classes=num_classes, in_channels=input_shape[0])
+
+    builder.__name__ = name.lower()
+    builder.__doc__ = doc.format(name=name, blocks=blocks, block=block.__name__)
+    return builder
+
+
+register_resnets({
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
     "resnet101": (Bottleneck, (3, 4, 23, 3)),
     "resnet152": (Bottleneck, (3, 8, 36, 3)),
-}
-
-
-def _make_builder(name: str):
-    block, blocks = _DEPTHS[name]
-
-    def builder(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> nn.Module:
-        return ResNet(block, blocks, num_classes=num_classes, in_channels=input_shape[0])
-
-    builder.__name__ = name
-    builder.__doc__ = f"CIFAR {name}: 3x3 stem, no max-pool, {blocks} {block.__name__}s, adaptive average pool."
-    return builder
-
-
-for _name in _DEPTHS:
-    register(_name)(_make_builder(_name))
+}, num_classes=10, input_shape=(3, 32, 32),
+    doc="CIFAR {name}: 3x3 stem, no max-pool, {blocks} {block}s, adaptive average pool.")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from reporting.runs import OPTIONS_SEED_FIELD, RunSet, comparable_fields, group_hash, is_dense
+from reporting.runs import OPTIONS_SEED, OPTIONS_SEED_FIELD, SEED, RunSet, comparable_fields, group_hash, is_dense
 
 ROW_KEYS = ["dataset", "model", "criterion", "warmup"]
 # fields shown as rows / columns of the table (and the seed, which is averaged over)
@@ -171,7 +171,7 @@ def options_seed_groups(runset: RunSet) -> dict[str, list[str]]:
         cfg = runset.configs.get(run_dir)
         if cfg is None:
             continue
-        key = group_hash(cfg, drop_options_seed=True) + f"-seed{cfg.get('general', {}).get('seed')}"
+        key = group_hash(cfg, without=(SEED, OPTIONS_SEED)) + f"-seed{cfg.get('general', {}).get('seed')}"
         buckets.setdefault(key, []).append(run_dir)
     out = {}
     for key, dirs in buckets.items():

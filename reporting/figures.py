@@ -22,11 +22,12 @@ import pandas as pd  # noqa: E402
 
 from reporting.aggregate import metric_scale  # noqa: E402
 from reporting.masks import chance_iou  # noqa: E402
+from utils.naming import slug  # noqa: E402
 
 
-def _slug(*parts: Any) -> str:
-    text = "_".join(str(p) for p in parts if p is not None and str(p) != "")
-    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
+def figure_stem(*parts: Any) -> str:
+    """File stem of a figure: the non-empty parts joined by ``_``, made file-name safe."""
+    return slug("_".join(str(p) for p in parts if p is not None and str(p) != ""))
 
 
 def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -80,7 +81,7 @@ def accuracy_vs_sparsity(agg: pd.DataFrame, metric: str, out_dir: Path) -> list[
         ax.set_title(f"{dataset} / {model}, warmup {warmup}: mean ± std over seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths += save(fig, out_dir, _slug("acc_vs_sparsity", dataset, model, f"warmup{warmup}"))
+        paths += save(fig, out_dir, figure_stem("acc_vs_sparsity", dataset, model, f"warmup{warmup}"))
     return paths
 
 
@@ -106,7 +107,7 @@ def warmup_comparison(agg: pd.DataFrame, metric: str, out_dir: Path) -> list[Pat
         ax.set_title(f"{dataset} / {model}: warmup (solid) vs none (dashed)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths += save(fig, out_dir, _slug("warmup", dataset, model))
+        paths += save(fig, out_dir, figure_stem("warmup", dataset, model))
     return paths
 
 
@@ -127,7 +128,7 @@ def layer_density(density: pd.DataFrame, sparsity: float, out_dir: Path) -> list
         ax.set_title(f"{dataset} / {model}, warmup {warmup}: density per layer at sparsity {sparsity:g}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        paths += save(fig, out_dir, _slug("layer_density", dataset, model, f"warmup{warmup}", f"s{sparsity:g}"))
+        paths += save(fig, out_dir, figure_stem("layer_density", dataset, model, f"warmup{warmup}", f"s{sparsity:g}"))
     return paths
 
 
@@ -176,5 +177,5 @@ def stability(stab: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_ylim(0, 1)
         ax.set_title(f"{dataset} / {model}, warmup {warmup}: stability (options.seed only differs)", fontsize=9)
         ax.legend(fontsize=8)
-        paths += save(fig, out_dir, _slug("stability", dataset, model, f"warmup{warmup}"))
+        paths += save(fig, out_dir, figure_stem("stability", dataset, model, f"warmup{warmup}"))
     return paths

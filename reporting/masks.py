@@ -7,15 +7,14 @@ kept weights in expectation and their union holds ``(2k - k²)N``, so their IoU 
 
 from __future__ import annotations
 
-import copy
-import itertools
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from reporting.runs import CRITERION, group_hash
+from spec.folder import Files
 from utils.io import load_torch
-from utils.results import config_hash
 
 Mask = Mapping[str, torch.Tensor]
 
@@ -27,7 +26,7 @@ def chance_iou(sparsity: float) -> float:
 
 def load_mask(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
     """``mask.pt`` of a run folder as ``{param: bool tensor}`` (None if it is missing or unreadable)."""
-    path = Path(run_dir) / "mask.pt"
+    path = Path(run_dir) / Files.MASK
     try:
         masks = load_torch(path)
     except (OSError, RuntimeError, EOFError):
@@ -47,15 +46,6 @@ def mask_iou(a: Mask, b: Mask) -> float:
     return inter / union if union else float("nan")
 
 
-def pairwise_iou(masks: Mapping[str, Mask]) -> dict[tuple[str, str], float]:
-    """IoU of every unordered pair of named masks (keys sorted in each pair)."""
-    return {(a, b) if a <= b else (b, a): mask_iou(masks[a], masks[b])
-            for a, b in itertools.combinations(sorted(masks), 2)}
-
-
 def pairing_key(config: dict) -> str:
     """Runs with the same key are the same experiment except for the criterion (and its options)."""
-    data = copy.deepcopy(config)
-    comp = data.setdefault("training", {}).setdefault("compressor", {})
-    comp["class"], comp["options"] = None, {}
-    return config_hash(data)
+    return group_hash(config, without=CRITERION)

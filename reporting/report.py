@@ -27,10 +27,8 @@ from reporting.aggregate import Grouping, aggregate, metric_scale, options_seed_
 from reporting.masks import chance_iou, load_mask, mask_iou, pairing_key
 from reporting.render import to_latex, to_markdown
 from reporting.runs import RunSet, is_dense, load_runs
-from utils.config import load_config
+from spec import RunSpec
 from utils.io import write_text
-from utils.resolve import resolve
-from utils.results import run_dir
 from utils.typed import ConfigError
 
 ISSUE_COLUMNS = ["status", "config_file", "run_dir", "reason"]
@@ -59,7 +57,7 @@ class Report:
 def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None) -> pd.DataFrame:
     """Runs that did not complete, invalid configs, and (with a sweep folder) grid points never run.
 
-    A sweep config is matched to its run folder exactly as the runner does: ``run_dir(root, resolved)``.
+    A sweep config is matched to its run folder exactly as the runner does: ``RunSpec.run_dir(root)``.
     """
     runs = runset.runs
     rows = [{k: _none(v) for k, v in r.items()}
@@ -81,13 +79,13 @@ def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None) -> pd.Da
                          "reason": "no *.json configs in the sweep folder"})
         for f in files:
             try:
-                resolved = resolve(load_config(f), str(f)).to_dict()
+                spec = RunSpec.load(f)
             except ConfigError as exc:
                 if str(f.resolve()) not in invalid_files:
                     rows.append({"status": "invalid", "config_file": str(f), "run_dir": None,
                                  "reason": "; ".join(str(p) for p in exc.problems)})
                 continue
-            target = run_dir(runset.root, resolved)
+            target = spec.run_dir(runset.root)
             i = by_dir.get(str(target.resolve()))
             if i is None:
                 stale = by_file.get(str(f.resolve()))
@@ -234,7 +232,7 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
         for key, matrix in report.overlap.items():
             report.figures += figs.overlap_heatmap(
                 matrix, chosen, f"{key[0]} / {key[1]}, warmup {key[2]}: mask IoU at sparsity {chosen:g}", fig_dir,
-                figs._slug("overlap", *key[:2], f"warmup{key[2]}", f"s{chosen:g}"))
+                figs.figure_stem("overlap", *key[:2], f"warmup{key[2]}", f"s{chosen:g}"))
         if not report.stability.empty:
             report.figures += figs.stability(report.stability, fig_dir)
 

@@ -1,17 +1,13 @@
 """Read run folders into a pandas table (one row per run), never training anything.
 
-A run folder is any folder under the results root holding ``status.json`` or ``config.json`` (see
-:mod:`utils.results`); ``invalid/`` (configs that could not be resolved), ``batches/`` and
-``score_cache/`` are not run folders.  Each run's *group* is the hash of its resolved config without
-the seed and without the fields that never change results (``utils.results._HASH_EXCLUDED``): runs
-with the same group differ only in the seed and are the ones averaged together.
+Run folders are found and read through the shared schema (:mod:`spec.folder`).  Each run's *group* is
+the hash of its identity (:meth:`spec.RunSpec.identity`: the non-default values that change results)
+without the seed: runs with the same group differ only in the seed and are the ones averaged together.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +15,17 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from utils.io import read_json
-from utils.results import _HASH_EXCLUDED, config_hash
+import compressors
+from spec import RunSpec, identity_hash, non_identity_fields
+from spec.folder import INVALID, Files, RunFolder, find_run_dirs
+from utils.registry import UnknownName
+from utils.typed import ConfigError
 
-NOT_RUN_DIRS = ("invalid", "batches", "score_cache")
 SEED_FIELD = "general.seed"
 OPTIONS_SEED_FIELD = "training.compressor.options.seed"
-EXCLUDED_FIELDS = tuple(".".join(k) for k in _HASH_EXCLUDED)
-DENSE_NAMES = ("none", "dense")
+SEED = ("general", "seed")
+OPTIONS_SEED = ("training", "compressor", "options", "seed")
+CRITERION = (("training", "compressor", "class"), ("training", "compressor", "options"))
 
 RUN_COLUMNS = ["dataset", "model", "criterion", "mask", "warmup", "sparsity", "seed", "options_seed", "status",
                "reason", "group", "run_dir", "config_file"]
@@ -44,24 +43,34 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
+def _without(flat: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """``flat`` minus the dotted ``paths`` and everything below them."""
+    return {k: v for k, v in flat.items() if not any(k == d or k.startswith(d + ".") for d in paths)}
+
+
 def comparable_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """Flattened config minus the seed and the fields that never change results."""
-    flat = flatten(config)
-    drop = (SEED_FIELD, *EXCLUDED_FIELDS)
-    return {k: v for k, v in flat.items() if not any(k == d or k.startswith(d + ".") for d in drop)}
+    """Flattened config minus the seed and the fields that are not part of a run's identity."""
+    return _without(flatten(config), [SEED_FIELD, *non_identity_fields()])
 
 
-def group_hash(config: dict[str, Any], *, drop_options_seed: bool = False) -> str:
-    """Hash of the resolved config without the seed (the runner's ``config_hash`` with the seed fixed)."""
-    data = copy.deepcopy(config)
-    data.setdefault("general", {})["seed"] = None
-    if drop_options_seed:
-        data.get("training", {}).get("compressor", {}).get("options", {}).pop("seed", None)
-    return config_hash(data)
+def group_hash(config: dict[str, Any], *, without: tuple[tuple[str, ...], ...] = (SEED,)) -> str:
+    """Hash of a resolved config's identity without the fields ``without`` (default: the seed).  A config
+    this version cannot read (an older or a damaged one) is hashed from its comparable fields."""
+    try:
+        return identity_hash(RunSpec.from_dict(config).identity(without=without))
+    except (ConfigError, TypeError, ValueError):
+        return identity_hash(_without(comparable_fields(config), [".".join(p) for p in without]))
 
 
 def is_dense(criterion: Any) -> bool:
-    return str(criterion).lower() in DENSE_NAMES
+    """Is ``criterion`` a registered criterion that prunes nothing (the dense baseline)?"""
+    name = str(criterion)
+    if ":" in name:  # a dotted path would import code just to draw a report
+        return False
+    try:
+        return not compressors.get(name).prunes
+    except (UnknownName, TypeError):
+        return False
 
 
 @dataclass
@@ -76,29 +85,6 @@ class RunSet:
 
     def completed(self) -> pd.DataFrame:
         return self.runs[self.runs["status"] == "completed"]
-
-
-def find_run_dirs(root: str | Path) -> list[Path]:
-    """Folders holding ``status.json`` or ``config.json`` below ``root`` (not descending into them)."""
-    root = Path(root)
-    found: list[Path] = []
-    for here, dirs, files in os.walk(root):
-        path = Path(here)
-        if path == root:
-            dirs[:] = [d for d in dirs if d not in NOT_RUN_DIRS]
-        if path != root and ("status.json" in files or "config.json" in files):
-            found.append(path)
-            dirs[:] = []
-            continue
-        dirs.sort()
-    return sorted(found)
-
-
-def _read(path: Path) -> Any:
-    try:
-        return read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _row(run_dir: Path, config: dict[str, Any] | None, status: dict[str, Any] | None,
@@ -141,9 +127,8 @@ def load_runs(root: str | Path, *, progress: bool = True) -> RunSet:
     dirs = find_run_dirs(root)
     rows, configs, results = [], {}, {}
     for run_dir in tqdm(dirs, desc="reading runs", unit="run", disable=not progress or len(dirs) < 50):
-        config = _read(run_dir / "config.json")
-        status = _read(run_dir / "status.json")
-        res = _read(run_dir / "results.json")
+        folder = RunFolder(run_dir)
+        config, status, res = (folder.read_or_none(f) for f in (Files.CONFIG, Files.STATUS, Files.RESULTS))
         rows.append(_row(run_dir, config, status, res))
         if config is not None:
             configs[str(run_dir)] = config
@@ -154,8 +139,8 @@ def load_runs(root: str | Path, *, progress: bool = True) -> RunSet:
         if col not in runs.columns:
             runs[col] = pd.Series(dtype=object)
     invalid = []
-    for status_file in sorted((root / "invalid").glob("*/status.json")):
-        st = _read(status_file) or {}
+    for status_file in sorted((root / INVALID).glob(f"*/{Files.STATUS}")):
+        st = RunFolder(status_file.parent).read_or_none(Files.STATUS) or {}
         invalid.append({"status": "invalid", "config_file": st.get("config_file"),
                         "reason": "; ".join(st.get("problems") or []) or st.get("reason"),
                         "run_dir": str(status_file.parent)})

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from utils.naming import slug
+
 # short prefix -> full prefix (a path that starts with "<short>." is rewritten)
 SHORTCUTS: dict[str, str] = {
     "compressor": "training.compressor",
@@ -30,7 +32,6 @@ ALIASES: dict[str, str] = {
     "criterion": "training.compressor.class",
 }
 COMPRESSOR_PREFIX = "training.compressor."
-SEED_PATH = "general.seed"
 
 
 class SweepSpecError(ValueError):
@@ -140,10 +141,9 @@ def get_path(data: dict[str, Any], path: str, default: Any = None) -> Any:
     return node
 
 
-def _slug(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ""))
-    out = "".join(ch if ch.isalnum() or ch in ".-" else "-" for ch in text)
-    return "-".join(p for p in out.split("-") if p) or "x"
+def _value_text(value: Any) -> str:
+    """A swept value as a file-name part (``_`` separates the parts, so it is not kept)."""
+    return slug(value if isinstance(value, str) else json.dumps(value, separators=(",", "")), keep=".-")
 
 
 def _labels(axes: list[Axis]) -> dict[str, str]:
@@ -169,7 +169,7 @@ def point_name(assignments: dict[str, Any], axes: list[Axis]) -> str:
     for axis in axes:
         if axis.path not in assignments:
             continue
-        value = _slug(assignments[axis.path])
+        value = _value_text(assignments[axis.path])
         label = labels[axis.path]
         parts.append(value if label == "class" or label.endswith(".class") else f"{label.replace('.', '-')}{value}")
     return "_".join(parts) or "base"

@@ -1,9 +1,8 @@
 """Validate every grid point, then write them all (or nothing).
 
-Each point is parsed with :func:`utils.config.parse_config`, resolved against the registries with
-:func:`utils.resolve.resolve` (the model is built once per distinct dataset/model section to catch
-shape errors) and its criterion options are checked by building the criterion.  Two points that
-would run the same experiment (same resolved-config hash) are a problem too.  Only when no point has
+Each point is checked as a :class:`spec.RunSpec` (fields, registry names, options; the model and the
+criterion are built once per distinct dataset/model section to catch shape errors and bad criterion
+options).  Two points that would run the same experiment (same run hash) are a problem too.  Only when no point has
 a problem is anything written; an existing file with different content is a problem unless
 ``overwrite`` is set, an identical one is left alone.
 """
@@ -15,13 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import compressors
+from spec import RunSpec
 from sweeps.grid import SweepPoint
-from utils.config import parse_config
 from utils.io import write_text
-from utils.resolve import resolve
-from utils.results import config_hash
-from utils.typed import ConfigError, Problem
+from utils.typed import ConfigError, Problem, to_dict
 
 
 @dataclass
@@ -64,34 +60,25 @@ def validate_points(points: list[SweepPoint], out: Path) -> list[Problem]:
         if len(same) > 1:
             problems.append(Problem("", "several grid points map to this file name: "
                                     + "; ".join(json.dumps(p.assignments) for p in same), str(out / f"{name}.json")))
-    built: set[str] = set()
+    models_built: set[str] = set()
+    criteria_built: set[str] = set()
     by_hash: dict[str, list[str]] = {}
     for p in points:
         file = str(out / f"{p.name}.json")
-        cfg, found = parse_config(p.data, file)
-        problems.extend(found)
-        if cfg is None:
-            continue
-        model_key = json.dumps([p.data.get("dataset", {}).get("class"), p.data.get("model")], sort_keys=True,
-                               default=str)
         try:
-            resolved = resolve(cfg, file, build_model=not found and model_key not in built)
+            spec = RunSpec.from_dict(p.data, file)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        if found:
-            continue
-        built.add(model_key)
-        comp = resolved.training.compressor
-        try:
-            compressors.build(comp.name, **comp.options)
-        except ConfigError as exc:
-            problems.extend(Problem(f"training.compressor.{q.path}", q.message, file) for q in exc.problems)
-            continue
-        except Exception as exc:  # noqa: BLE001 - a criterion refusing its options is a config problem
-            problems.append(Problem("training.compressor.options", f"{type(exc).__name__}: {exc}", file))
-            continue
-        by_hash.setdefault(config_hash(resolved.to_dict()), []).append(file)
+        cfg = spec.config
+        model_key = json.dumps([cfg.dataset.name, to_dict(cfg.model)], sort_keys=True, default=str)
+        crit_key = json.dumps([cfg.training.compressor.name, cfg.training.compressor.options], sort_keys=True)
+        found = spec.build_problems(model=model_key not in models_built, criterion=crit_key not in criteria_built)
+        problems.extend(found)
+        models_built.add(model_key)
+        criteria_built.add(crit_key)
+        if not found:
+            by_hash.setdefault(spec.hash(), []).append(file)
     for files in by_hash.values():
         if len(files) > 1:
             problems.append(Problem("", "these configs would run the same experiment (identical resolved config; "

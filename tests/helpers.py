@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.runner import run_config
+from launch.runner import run_config
 
 
 def interrupt_after(config: Path, results: Path, epochs: int) -> None:

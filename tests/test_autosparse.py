@@ -17,7 +17,7 @@ from autosparse.dataset import build_dataset, save_dataset
 from autosparse.features import tensor_features
 from autosparse.predictor import PredictorError, build_mlp, load_predictor, make_settings, save_predictor
 from autosparse.train import FitOptions, collect_rows, fit, spearman, split_holdout
-from trainers.runner import run_config
+from launch.runner import run_config
 from utils.typed import ConfigError
 
 N_ITER = 4

@@ -174,14 +174,13 @@ def test_a_run_claimed_by_a_live_process_is_reported_busy_and_left_alone(make_co
     import subprocess
     import sys
 
-    from trainers.runner import run_config
-    from utils.config import load_config
-    from utils.resolve import resolve
-    from utils.results import lock_path, run_dir
+    from launch.runner import run_config
+    from spec import RunSpec
+    from utils.locks import lock_path
 
     cfg_path = make_config("locked", **{"training.num_steps": 1})
     results = tmp_path / "results"
-    folder = run_dir(results, resolve(load_config(cfg_path)).to_dict())
+    folder = RunSpec.load(cfg_path).run_dir(results)
     lock = lock_path(folder)
     lock.parent.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_estimators import LOSS, mask_batches, naive_batch_grads, naive_hutchinson, small_cnn
+from naive import LOSS, mask_batches, naive_batch_grads, naive_hutchinson, small_cnn
 from torch import nn
 
 import compressors
@@ -126,9 +126,10 @@ def test_hutchinson_criteria_equal_the_naive_loop_with_the_same_probes(name: str
             "hutch_pruning": {n: 0.5 * theta[n] ** 2 * diag[n] for n in names},
             "hts": {n: (theta[n] * mean[n] + 0.5 * theta[n] ** 2 * diag[n]).abs() for n in names}}[name]
     crit = compressors.build(name, probes=4, seed=11)
-    assert_close_dicts(crit.score(model, batches, LOSS), want, rtol=1e-3)
-    tensors = crit.diagnostics["tensors"]
-    json.dumps(crit.diagnostics)  # JSON-serialisable for results.json
+    scores = crit.score(model, batches, LOSS)
+    assert_close_dicts(scores, want, rtol=1e-3)
+    tensors = scores.diagnostics["tensors"]
+    json.dumps(scores.diagnostics)  # JSON-serialisable for results.json
     for n in names:
         assert tensors[n]["mean_abs_diag"] == pytest.approx(float(diag[n].abs().mean()), rel=1e-3)
         assert tensors[n]["mean_stderr"] == pytest.approx(float(se[n].mean()), rel=1e-3)
@@ -269,7 +270,7 @@ def test_score_cache_hits_validates_and_survives_corruption(tmp_path: Path) -> N
     assert info1["score_cache"] == "miss"
     s2, info2 = score_with_cache(crit, model, batches, LOSS, names=names, sparsity=None, cache_dir=tmp_path)
     assert info2["score_cache"] == "hit" and all(torch.equal(s1[n], s2[n]) for n in names)
-    assert crit.diagnostics["tensors"]  # restored from the entry
+    assert s2.diagnostics["tensors"] == s1.diagnostics["tensors"]  # restored from the entry
     # corrupt entry: ignored and recomputed (then rewritten)
     path = ScoreCache(tmp_path).path(crit.name, info1["score_cache_key"])
     path.write_bytes(b"not a torch file")
@@ -293,7 +294,7 @@ def test_score_cache_hits_validates_and_survives_corruption(tmp_path: Path) -> N
 
 
 def test_trainer_reuses_scores_across_sparsities(make_config, tmp_path: Path) -> None:
-    from trainers.runner import run_config
+    from launch.runner import run_config
     base = {"training.num_steps": 1, "training.compressor.class": "fts"}
     a = run_config(make_config("a", **base, **{"training.compressor.sparsity": 0.5}), results=tmp_path,
                    log=lambda s: None)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_datasets_formats import write_cifar10, write_image_tree
+from datafiles import write_cifar10, write_image_tree
 from torchvision.transforms import functional as TF
 
 import data

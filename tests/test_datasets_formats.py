@@ -1,136 +1,28 @@
 """Datasets from tiny files in their real on-disk formats (CIFAR python pickles, the TinyImageNet zip,
-ImageFolder trees), loaded through the real code paths; missing / offline data gives a clear error.
-
-The ``write_*`` helpers are also used by the device-loader and training-loop tests.
-"""
+ImageFolder trees, written by ``datafiles``), loaded through the real code paths; missing / offline data gives
+a clear error."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from datafiles import WNIDS, md5_of, write_cifar10, write_cifar100, write_image_tree, write_tiny_zip
 from torchvision import datasets as tvd
 
 import data
 from data._common import ENV_VAR, DatasetUnavailable, resolve_root
 from data.tinyimagenet import TinyImageNet
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _pickle(path: Path, obj: dict) -> None:
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-
-
-def write_cifar10(root: Path, monkeypatch: pytest.MonkeyPatch, per_batch: int = 20, n_test: int = 30,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """CIFAR-10 python pickles (5 train batches + test + batches.meta) under root/cifar-10-batches-py;
-    torchvision's expected md5 list is pointed at these files.  Returns (x_train HWC, y_train, x_test, y_test)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    xs, ys, train_list = [], [], []
-    for b in range(1, 6):
-        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        y = [int(v) for v in (np.arange(per_batch) + b) % 10]
-        _pickle(folder / f"data_batch_{b}", {"batch_label": f"training batch {b} of 5", "data": x, "labels": y})
-        train_list.append([f"data_batch_{b}", _md5(folder / f"data_batch_{b}")])
-        xs.append(x)
-        ys += y
-    x_test = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
-    y_test = [int(v) for v in np.arange(n_test) % 10]
-    _pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "data": x_test, "labels": y_test})
-    _pickle(folder / "batches.meta", {"label_names": CIFAR10_CLASSES, "num_cases_per_batch": per_batch})
-    monkeypatch.setattr(tvd.CIFAR10, "train_list", train_list)
-    monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
-    monkeypatch.setattr(tvd.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
-                                              "md5": _md5(folder / "batches.meta")})
-    to_hwc = lambda a: a.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return to_hwc(np.concatenate(xs)), np.array(ys), to_hwc(x_test), np.array(y_test)
-
-
-def write_cifar100(root: Path, monkeypatch: pytest.MonkeyPatch, n_train: int = 300, n_test: int = 100) -> None:
-    rng = np.random.default_rng(1)
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    for name, n in (("train", n_train), ("test", n_test)):
-        _pickle(folder / name, {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                "fine_labels": [int(v) for v in np.arange(n) % 100],
-                                "coarse_labels": [int(v) for v in np.arange(n) % 20]})
-    _pickle(folder / "meta", {"fine_label_names": [f"class{i:02d}" for i in range(100)],
-                              "coarse_label_names": [f"super{i}" for i in range(20)]})
-    monkeypatch.setattr(tvd.CIFAR100, "train_list", [["train", _md5(folder / "train")]])
-    monkeypatch.setattr(tvd.CIFAR100, "test_list", [["test", _md5(folder / "test")]])
-    monkeypatch.setattr(tvd.CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names",
-                                               "md5": _md5(folder / "meta")})
-
-
-def _jpeg(rng: np.random.Generator, size: tuple[int, int] = (64, 64)) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-WNIDS = ["n01443537", "n01629819", "n01641577"]
-
-
-def write_tiny_zip(path: Path, per_class: int = 4, val_per_class: int = 2) -> dict[str, str]:
-    """A TinyImageNet zip in the official layout; returns {val file name: wnid}."""
-    rng = np.random.default_rng(2)
-    top = "tiny-imagenet-200"
-    annotations: dict[str, str] = {}
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr(f"{top}/wnids.txt", "\n".join(WNIDS) + "\n")
-        zf.writestr(f"{top}/words.txt", "\n".join(f"{w}\tthing {i}" for i, w in enumerate(WNIDS)) + "\n")
-        for w in WNIDS:
-            boxes = []
-            for i in range(per_class):
-                zf.writestr(f"{top}/train/{w}/images/{w}_{i}.JPEG", _jpeg(rng))
-                boxes.append(f"{w}_{i}.JPEG\t0\t0\t63\t63")
-            zf.writestr(f"{top}/train/{w}/{w}_boxes.txt", "\n".join(boxes) + "\n")
-        k = 0
-        for _ in range(val_per_class):
-            for w in WNIDS:
-                name = f"val_{k}.JPEG"
-                zf.writestr(f"{top}/val/images/{name}", _jpeg(rng))
-                annotations[name] = w
-                k += 1
-        zf.writestr(f"{top}/val/val_annotations.txt",
-                    "\n".join(f"{n}\t{w}\t0\t0\t63\t63" for n, w in annotations.items()) + "\n")
-        zf.writestr(f"{top}/test/images/test_0.JPEG", _jpeg(rng))
-    return annotations
-
-
-def write_image_tree(folder: Path, splits: tuple[str, ...] = ("train", "test"),
-                     classes: tuple[str, ...] = ("a", "b", "c"), per_class: int = 3,
-                     size: tuple[int, int] = (40, 30), fmt: str = "PNG") -> None:
-    rng = np.random.default_rng(3)
-    for split in splits:
-        for c in classes:
-            d = folder / split / c
-            d.mkdir(parents=True)
-            for i in range(per_class):
-                arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.{fmt.lower()}", format=fmt)
-
 
 # ----------------------------------------------------------------------------------------------- CIFAR
 def test_cifar10_loads_the_python_pickles_with_their_integrity_check(tmp_path: Path, monkeypatch) -> None:
     x_train, y_train, x_test, y_test = write_cifar10(tmp_path, monkeypatch)
     splits = data.get("CIFAR10")(root=str(tmp_path), download=False).load()
-    assert (splits.num_classes, splits.input_shape, splits.classes) == (10, (3, 32, 32), CIFAR10_CLASSES)
+    assert (splits.num_classes, splits.input_shape) == (10, (3, 32, 32))
     assert len(splits.train) == 100 and len(splits.test) == 30
     assert np.array_equal(splits.train_targets, y_train)
     mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
@@ -165,7 +57,6 @@ def test_cifar100_uses_fine_labels(tmp_path: Path, monkeypatch) -> None:
     write_cifar100(tmp_path, monkeypatch)
     splits = data.get("cifar100")(root=str(tmp_path), download=False, augment=False).load()
     assert splits.num_classes == 100 and len(splits.train) == 300 and len(splits.test) == 100
-    assert splits.classes[:2] == ["class00", "class01"]
     assert np.array_equal(splits.train_targets, np.arange(300) % 100)
     img0, _ = splits.train[0]
     assert torch.equal(img0, splits.train[0][0])  # augment=False: deterministic
@@ -200,7 +91,7 @@ def test_datasets_root_precedence(monkeypatch, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------- TinyImageNet
 def _use_zip(monkeypatch, src: Path) -> None:
     monkeypatch.setattr(TinyImageNet, "URL", src.resolve().as_uri())
-    monkeypatch.setattr(TinyImageNet, "MD5", _md5(src))
+    monkeypatch.setattr(TinyImageNet, "MD5", md5_of(src))
 
 
 def test_tinyimagenet_downloads_verifies_extracts_and_sorts_val_once(tmp_path: Path, monkeypatch) -> None:
@@ -212,7 +103,7 @@ def test_tinyimagenet_downloads_verifies_extracts_and_sorts_val_once(tmp_path: P
     splits = data.get("TinyImageNet")(root=str(root), download=True).load()
     folder = root / "tiny-imagenet-200"
     assert (root / "tiny-imagenet-200.zip").is_file() and (folder / "wnids.txt").is_file()
-    assert splits.num_classes == 3 and splits.classes == WNIDS and splits.input_shape == (3, 64, 64)
+    assert splits.num_classes == 3 and splits.input_shape == (3, 64, 64)
     assert len(splits.train) == 12 and np.array_equal(np.bincount(splits.train_targets), [4, 4, 4])
     assert len(splits.test) == 6
     for path, label in splits.test.samples:
@@ -274,7 +165,8 @@ def test_imagefolder_resizes_computes_and_caches_normalisation(tmp_path: Path) -
     write_image_tree(folder, splits=("train", "val"))  # no test/: 'auto' falls back to val/
     src = data.get("imagefolder")(root=str(tmp_path), path="mydata", image_size=16)
     splits = src.load()
-    assert splits.num_classes == 3 and splits.classes == ["a", "b", "c"] and splits.input_shape == (3, 16, 16)
+    assert splits.num_classes == 3 and splits.input_shape == (3, 16, 16)
+    assert {Path(p).parent.name: y for p, y in splits.train.samples} == {"a": 0, "b": 1, "c": 2}  # sorted folders
     assert len(splits.train) == 9 and len(splits.test) == 9
     # the statistics are those of the resized training images
     from data._images import FitSquare, load_rgb
@@ -318,7 +210,8 @@ def test_imagefolder_given_constants_imagenet_preset_and_errors(tmp_path: Path) 
 def test_imagenet_reads_an_imagefolder_root(tmp_path: Path) -> None:
     write_image_tree(tmp_path / "imagenet", splits=("train", "val"), classes=("n01", "n02"), fmt="JPEG", size=(50, 40))
     splits = data.get("ImageNet")(root=str(tmp_path), image_size=32).load()
-    assert splits.num_classes == 2 and splits.classes == ["n01", "n02"] and len(splits.test) == 6
+    assert splits.num_classes == 2 and len(splits.test) == 6
+    assert {Path(p).parent.name: y for p, y in splits.test.samples} == {"n01": 0, "n02": 1}
     assert splits.train[0][0].shape == (3, 32, 32) and splits.test[0][0].shape == (3, 32, 32)
     with pytest.raises(DatasetUnavailable, match="image-net.org"):
         data.get("imagenet")(root=str(tmp_path / "none")).load()

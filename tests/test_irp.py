@@ -17,8 +17,10 @@ from torch import nn
 
 import compressors
 from autosparse.dataset import DatasetFormatError, build_dataset, load_dataset, save_dataset
-from trainers.irp import prune_step, rewind, sparsity_schedule
-from trainers.runner import run_config
+from compressors import select_remaining as prune_step
+from compressors import sparsity_schedule
+from engine import rewind
+from launch.runner import run_config
 from utils.io import load_torch
 
 IRP: dict[str, Any] = {
@@ -126,7 +128,7 @@ def test_rewind_restores_survivors_to_theta0_and_keeps_pruned_zero(reset: bool) 
     model.train()
     model(torch.randn(8, 1, 8, 8))
     trained = copy.deepcopy(model.state_dict())
-    rewind(model, theta0, masks, reset_non_prunable=reset)
+    rewind(model, theta0, masks, everything=reset)
     state = model.state_dict()
     for n, m in masks.items():
         keep = m.bool()

@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 
 import compressors
-from utils.config import ExperimentConfig
-from utils.typed import describe_fields
+from spec import config_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -50,7 +49,7 @@ def test_the_adding_a_criterion_example_runs_as_printed(tmp_path: Path) -> None:
 
 def test_every_config_field_is_in_the_reference_table() -> None:
     table = _section("Config files")
-    missing = [path for path, *_ in describe_fields(ExperimentConfig) if f"`{path}`" not in table]
+    missing = [path for path, *_ in config_fields() if f"`{path}`" not in table]
     assert missing == [], f"README config reference lacks {missing}; regenerate with main.py list --fields"
 
 

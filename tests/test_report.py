@@ -15,9 +15,7 @@ import torch
 import main
 from reporting import aggregate, build_report, chance_iou, collect_issues, format_cell, load_runs, mask_iou
 from reporting.report import overlap_matrices, stability_frame
-from utils.config import parse_config
-from utils.resolve import resolve
-from utils.results import run_dir
+from spec import RunSpec
 
 BASE: dict[str, Any] = {
     "general": {"experiment": "pbt", "seed": 0},
@@ -36,16 +34,14 @@ def resolved(criterion: str = "snip", sparsity: float = 0.9, seed: int = 0, warm
     comp.update({"class": criterion, "sparsity": sparsity, "warmup": warmup, "options": options or {}})
     data["general"]["seed"] = seed
     data["training"]["optimizer"]["learning_rate"] = lr
-    cfg, problems = parse_config(data)
-    assert not problems
-    return resolve(cfg).to_dict()
+    return RunSpec.from_dict(data).to_dict()
 
 
 def make_run(root: Path, *, acc: float | None = None, status: str = "completed", mask: dict | None = None,
              config_file: str | None = None, density: dict | None = None, **kw: Any) -> Path:
     """Write config.json, status.json and (if completed) results.json / mask.pt like the runner does."""
     cfg = resolved(**kw)
-    path = run_dir(root, cfg)
+    path = RunSpec.from_dict(cfg).run_dir(root)
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps(cfg))
     st = {"status": status, "config_file": config_file}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import main
+from spec import RunSpec
 from sweeps import SweepSpecError, expand, expand_path, parse_set, sweep
 from sweeps.grid import split_values
-from utils.config import load_config
 
 
 def _base(make_config) -> Path:
@@ -91,7 +91,7 @@ def test_sweep_writes_complete_valid_configs(make_config, tmp_path):
     assert result.ok, result.problems
     assert len(result.written) == 8 + 2
     assert "random_sparsity0.9_seed1" in _names(out) and "none_seed1" in _names(out)
-    cfg = load_config(out / "random_sparsity0.9_seed1.json")
+    cfg = RunSpec.load(out / "random_sparsity0.9_seed1.json").config
     assert (cfg.training.compressor.name, cfg.training.compressor.sparsity, cfg.general.seed) == ("random", 0.9, 1)
     assert cfg.model.options == {"width": 8}  # untouched fields come from the base
     assert cfg.general.id == "tiny_random_sparsity0.9_seed1"  # the base's id + the point's name

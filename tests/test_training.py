@@ -17,9 +17,10 @@ from helpers import interrupt_after
 from torch import nn
 
 import compressors
-from trainers.engine import MaskEnforcer, bn_warmup, build_optimizer, train_epoch
-from trainers.runner import run_config
-from utils.config import OptimizerConfig, OptimizerKwargs
+from engine.loop import MaskEnforcer, bn_warmup, train_epoch
+from launch.runner import run_config
+from spec.config import OptimizerConfig, OptimizerKwargs
+from spec.training import build_optimizer
 from utils.io import load_torch
 
 ROOT = Path(__file__).resolve().parent.parent

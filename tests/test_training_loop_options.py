@@ -14,8 +14,8 @@ from helpers import interrupt_after
 from test_datasets_formats import write_cifar10
 from torch import nn
 
-from trainers.engine import MaskEnforcer, autocast, evaluate, make_scaler, prepare_model, train_epoch
-from trainers.runner import run_config
+from engine.loop import MaskEnforcer, autocast, evaluate, make_scaler, prepare_model, train_epoch
+from launch.runner import run_config
 from utils.io import load_torch
 
 CPU = torch.device("cpu")
@@ -94,7 +94,7 @@ def test_compile_is_a_noop_with_a_notice_on_the_cpu() -> None:
 
 
 def test_divergence_is_detected() -> None:
-    from trainers.engine import TrainingDiverged
+    from engine.loop import TrainingDiverged
 
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)

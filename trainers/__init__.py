@@ -1,25 +1,15 @@
-"""Trainers (pipelines), registered by experiment name: ``general.experiment`` selects one."""
+"""Experiments (pipelines), one registered class per module: ``general.experiment`` selects one.
+
+Every module of this folder is an experiment plugin (discovered by :data:`spec.EXPERIMENTS`); the
+engine they are declared over lives in :mod:`engine`, the batch runner in :mod:`launch`."""
 
 from __future__ import annotations
 
-from utils.registry import Registry, import_submodules
+from spec import EXPERIMENTS as REGISTRY
 
-REGISTRY: Registry[type] = Registry("experiment")
 register = REGISTRY.register
-
-
-def discover() -> list[str]:
-    return import_submodules(__name__, __path__)
-
-
-def get(name: str) -> type:
-    discover()
-    return REGISTRY.get(name)
-
-
-def names() -> list[str]:
-    discover()
-    return REGISTRY.names()
-
+get = REGISTRY.get
+names = REGISTRY.names
+discover = REGISTRY.discover
 
 __all__ = ["REGISTRY", "register", "get", "names", "discover"]

@@ -1,66 +1,62 @@
 """Pruning after training (experiment ``pat``), the baseline the second-order PaI paper compares with.
 
 train the dense network ``training.num_steps`` epochs -> score the *trained* weights with
-``training.compressor`` (any registered criterion; data-dependent ones on the mask data) -> keep the top
-(1 - sparsity), global or per layer -> fine-tune ``training.pat.finetune_epochs`` epochs with the mask
-enforced, the optimizer and schedule restarted (learning rate ``pat.finetune_learning_rate`` or the
-optimizer's), no rewinding.  ``compressor.warmup`` does not apply (the trained BN statistics are
-used).  ``iterations.json`` records the dense test accuracy, the accuracy right
-after pruning and after fine-tuning; results.json holds the same keys as ``pbt`` (so PaI criteria and
-PaT share one report table).  Checkpoints after every epoch and after pruning (exact resume).
+``training.compressor`` (any registered criterion; data-dependent ones on the mask data, through the
+score cache) -> keep the top (1 - sparsity), global or per layer -> fine-tune
+``training.pat.finetune_epochs`` epochs with the mask enforced, the optimizer and schedule restarted
+(learning rate ``pat.finetune_learning_rate`` or the optimizer's), no rewinding.  ``compressor.warmup``
+does not apply (the trained BN statistics are used).  ``iterations.json`` records the dense test
+accuracy, the accuracy right after pruning and after fine-tuning; results.json holds the same keys as
+``pbt`` (so PaI criteria and PaT share one report table).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Optional
 
-import torch
-
-import compressors
+from compressors import density
+from engine import Call, Experiment, Prune, Train
 from trainers import register
-from trainers.irp import StagedTrainer
+from utils.typed import option
+
+
+@dataclass
+class PaTOptions:
+    """Options of the ``pat`` experiment (``training.pat``)."""
+
+    finetune_epochs: int = option(10, "fine-tuning epochs after pruning the trained dense network "
+                                      "(training.num_steps is the dense training)", min=0)
+    finetune_learning_rate: Optional[float] = option(None, "initial learning rate of the fine-tuning (default: "
+                                                           "training.optimizer.learning_rate; the schedule restarts)",
+                                                     min=0, min_exclusive=True)
+
+
+def record_test(run, phase: str) -> None:
+    """A row of ``iterations.json``: the test accuracy of the network as it is now."""
+    test = run.test()
+    run.record({"phase": phase, "density": run.density(), "test_acc": test["acc"], "test_loss": test["loss"],
+                **({} if phase == "dense" else {"layer_density": density(run.masks)})})
+    run.log(f"  {phase}: density {run.density():.4f} test_acc {test['acc']:.4f}")
 
 
 @register("pat")
-class PruneAfterTraining(StagedTrainer):
-    """Experiment ``pat`` (see the module docstring): stage 1 dense training, stage 2 fine-tuning."""
+class PruneAfterTraining(Experiment):
+    """Experiment ``pat`` (see the module docstring)."""
 
-    def _num_stages(self) -> int:
-        return 2
+    Options = PaTOptions
+    section = "pat"
 
-    def _stage_epochs(self, stage: int) -> int:
-        return self.cfg.training.num_steps if stage == 0 else self.cfg.training.pat.finetune_epochs
+    def stages(self, run):
+        epochs, o = self.cfg.training.num_steps, self.options
+        return [
+            Train(until=epochs, label=1),
+            Call(record_test, "test the dense network", kwargs={"phase": "dense"}),
+            Prune(self.cfg.training.compressor.sparsity, seed=("scoring", 0)),
+            Call(record_test, "test the pruned network", kwargs={"phase": "pruned"}),
+            Train(until=epochs + o.finetune_epochs, learning_rate=o.finetune_learning_rate, track_best=True, label=2),
+            Call(record_test, "test the fine-tuned network", kwargs={"phase": "fine-tuned"}),
+        ]
 
-    def _stage_learning_rate(self, stage: int) -> float:
-        lr = self.cfg.training.pat.finetune_learning_rate
-        return lr if stage == 1 and lr is not None else self.cfg.training.optimizer.learning_rate
-
-    def _start(self, state: dict[str, Any]) -> None:
-        comp = self.cfg.training.compressor
-        names = compressors.prunable_names(self.model, include_classifier=comp.prune_classifier,
-                                           include_biases=comp.prune_biases)
-        params = dict(self.model.named_parameters())
-        self._set_masks({n: torch.ones_like(params[n]) for n in names})
-        state["pruning"] = {"warmup_seconds": 0.0, "scoring_seconds": 0.0}
-
-    def _end_stage(self, stage: int, state: dict[str, Any]) -> None:
-        comp = self.cfg.training.compressor
-        test = self._test()
-        if stage == 1:
-            self._record(state, {"phase": "fine-tuned", "density": 1.0 - compressors.global_sparsity(self.masks),
-                                 "test_acc": test["acc"], "test_loss": test["loss"],
-                                 "layer_density": compressors.density(self.masks)})
-            return
-        self._record(state, {"phase": "dense", "density": 1.0, "test_acc": test["acc"], "test_loss": test["loss"]})
-        if self.compressor.prunes:
-            tic = time.perf_counter()
-            scores = self._score(stage, comp.sparsity)
-            self._set_masks(compressors.select(scores, comp.sparsity, comp.mask))
-            state["pruning"]["scoring_seconds"] = time.perf_counter() - tic
-        after = self._test()
-        density = 1.0 - compressors.global_sparsity(self.masks)
-        self._record(state, {"phase": "pruned", "density": density, "test_acc": after["acc"],
-                             "test_loss": after["loss"], "layer_density": compressors.density(self.masks)})
-        self.log(f"  dense test_acc {test['acc']:.4f} -> pruned with {self.compressor.name} to density "
-                 f"{density:.4f}: test_acc {after['acc']:.4f} before fine-tuning")
+    def results(self, run):
+        return {"iterations": run.state.records}

@@ -62,6 +62,14 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV text: one column per key seen (in first-seen order), nested dicts and lists left out
+    (they live in the JSON twin of the file), empty cells for missing or None values."""
+    keys = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, (dict, list))))
+    lines = [",".join(keys)] + [",".join("" if r.get(k) is None else str(r.get(k)) for k in keys) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def save_torch(path: str | Path, obj: Any) -> None:
     _atomic(path, lambda fh: torch.save(obj, fh))
 

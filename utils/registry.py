@@ -35,12 +35,24 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 
 
 class Registry(Generic[T]):
-    """A case-insensitive registry of classes (or factories) under one or more names each."""
+    """A case-insensitive registry of classes (or factories) under one or more names each.
 
-    def __init__(self, kind: str) -> None:
+    ``plugins`` names the package whose modules register the entries: every module of it whose name does
+    not start with an underscore is imported before a lookup (:meth:`discover`), so dropping a file with
+    one decorated class into that folder is all it takes to add an entry."""
+
+    def __init__(self, kind: str, plugins: str | None = None) -> None:
         self.kind = kind
+        self.plugins = plugins
         self._entries: dict[str, T] = {}
         self._display: dict[str, str] = {}
+
+    def discover(self) -> list[str]:
+        """Import every plugin module (again picking up newly added files); returns their names."""
+        if self.plugins is None:
+            return []
+        package = importlib.import_module(self.plugins)
+        return import_submodules(self.plugins, package.__path__)
 
     def register(self, name: str, *aliases: str) -> Callable[[T], T]:
         """Decorator: ``@REGISTRY.register("snip")`` registers the class under that name (and aliases)."""
@@ -63,13 +75,12 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """All registered names (including aliases), sorted, as they were registered."""
+        self.discover()
         return sorted(self._display.values(), key=str.lower)
-
-    def __contains__(self, name: str) -> bool:
-        return name.lower() in self._entries or ":" in name
 
     def get(self, name: str) -> T:
         """Look a name up (case-insensitively) or load ``module.path:Attr``; raise UnknownName otherwise."""
+        self.discover()
         if not isinstance(name, str) or not name:
             raise UnknownName(f"{self.kind} name must be a non-empty string, got {name!r}")
         if ":" in name:
@@ -102,11 +113,12 @@ class Registry(Generic[T]):
 def import_submodules(package_name: str, package_path: Iterable[str]) -> list[str]:
     """Import every module of a package so that their decorators register themselves.
 
-    Modules whose name starts with an underscore are skipped.  Returns the imported module names.
+    Modules whose name starts with an underscore, and subpackages, are skipped.  Returns the imported
+    module names.
     """
     imported = []
     for info in sorted(pkgutil.iter_modules(list(package_path)), key=lambda m: m.name):
-        if info.name.startswith("_"):
+        if info.name.startswith("_") or info.ispkg:
             continue
         importlib.import_module(f"{package_name}.{info.name}")
         imported.append(info.name)

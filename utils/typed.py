@@ -55,16 +55,16 @@ def option(
     min_exclusive: bool = False,
     max_exclusive: bool = False,
     factory: Any = _MISSING,
-    only_for: tuple[str, ...] | None = None,
+    identity: bool = True,
 ) -> Any:
     """A dataclass field with help text, an optional JSON key (e.g. ``class``) and an allowed range.
 
-    ``only_for`` names the experiments that use a section; for other experiments it is left out of the
-    resolved config (so it neither changes their run identity nor shows up in their reports).
+    ``identity=False`` marks a field that never changes what is computed (a name, an output folder, a
+    worker count): :func:`nondefault` leaves it out, so it is not part of a run's identity.
     """
     meta = {
         "help": help,
-        "only_for": only_for,
+        "identity": identity,
         "key": key,
         "min": min,
         "max": max,
@@ -276,6 +276,48 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (a fresh one for factories); ``_MISSING`` if required."""
+    if f.default is not _MISSING:
+        return f.default
+    if f.default_factory is not _MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return _MISSING
+
+
+def nondefault(obj: Any) -> dict[str, Any]:
+    """The JSON dict of the fields of dataclass ``obj`` whose values differ from their defaults, nested
+    dataclasses included (an all-default one is left out) and ``identity=False`` fields skipped.
+
+    The identity of a thing configured by a dataclass (as open_lth's ``Hparams``): adding a field with a
+    default never changes the identity of existing configurations."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        if not f.init or not f.metadata.get("identity", True):
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            nested = nondefault(value)
+            if nested:
+                out[json_key(f)] = nested
+        elif value != field_default(f):
+            out[json_key(f)] = to_dict(value)
+    return out
+
+
+def non_identity_paths(cls: type, prefix: str = "") -> list[str]:
+    """Dotted JSON paths of the ``identity=False`` fields of dataclass ``cls`` (nested ones included)."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, json_key(f))
+        if not f.metadata.get("identity", True):
+            out.append(key)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out.extend(non_identity_paths(hints[f.name], key))
+    return out
+
+
 def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(json path, type, default, help) rows for documentation of a dataclass tree."""
     rows = []
@@ -286,11 +328,7 @@ def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, st
         if dataclasses.is_dataclass(tp):
             rows.extend(describe_fields(tp, key))
             continue
-        if f.default is not _MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not _MISSING:  # type: ignore[misc]
-            default = repr(f.default_factory())  # type: ignore[misc]
-        else:
-            default = "required"
+        default = field_default(f)
+        default = "required" if default is _MISSING else repr(default)
         rows.append((key, _describe(tp), default, f.metadata.get("help", "")))
     return rows

@@ -1,4 +1,5 @@
-"""Config parsing and validation: defaults, unknown keys, ranges, every problem reported at once."""
+"""The run specification: config parsing and validation (defaults, unknown keys, ranges, every problem
+reported at once), registry names, experiment sections and the run identity."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from utils.config import ExperimentConfig, load_config, parse_config
-from utils.resolve import resolve
-from utils.typed import ConfigError, describe_fields
+from spec import RunSpec, config_fields
+from spec.config import parse_config
+from utils.typed import ConfigError
 
 OFFICIAL = Path(__file__).resolve().parent.parent / "exp_configs" / "official" / "exp_hts.json"
 
 
 def test_official_layout_parses_with_defaults_filled() -> None:
-    cfg = load_config(OFFICIAL)
+    spec = RunSpec.load(OFFICIAL)
+    cfg = spec.config
     assert cfg.general.id == "exp_hts" and cfg.general.output_dir == "./outputs"
     assert cfg.dataset.name == "cifar10" and cfg.dataset.batch_size == 512 and cfg.dataset.train4val is False
     assert cfg.training.num_steps == 160
@@ -24,17 +26,19 @@ def test_official_layout_parses_with_defaults_filled() -> None:
     comp = cfg.training.compressor
     assert (comp.name, comp.mask, comp.sparsity, comp.batch_size, comp.per_class_samples) == ("hts", "global", 0.9,
                                                                                              1, 10)
-    resolved = cfg.to_dict()
+    resolved = spec.to_dict()
     assert resolved["training"]["compressor"]["class"] == "hts"  # JSON keys, not Python field names
     assert resolved["dataset"]["root"] == "./datasets"  # defaults filled in
+    assert resolved["training"]["compressor"]["options"]["probes"] == 10  # criterion defaults too
     again, problems = parse_config(resolved)
     assert problems == [] and again == cfg
+    assert RunSpec.from_dict(resolved).hash() == spec.hash()  # a config.json reads back to the same run
 
 
 def test_unknown_key_suggests_the_closest_field(make_config) -> None:
     path = make_config(**{"training.compressor.sparsty": 0.9})
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        RunSpec.load(path)
     (problem,) = err.value.problems
     assert problem.file == str(path)
     assert problem.path == "training.compressor.sparsty"
@@ -46,7 +50,7 @@ def test_every_problem_is_reported_at_once(make_config) -> None:
                           "training.optimizer.kwargs.scheduler": "linear", "training.compressor.mask": "glob",
                           "general.seed": "zero"})
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        RunSpec.load(path)
     by_path = {p.path: p.message for p in err.value.problems}
     assert set(by_path) == {"training.compressor.sparsity", "dataset.batch_size",
                             "training.optimizer.kwargs.scheduler", "training.compressor.mask", "general.seed"}
@@ -60,32 +64,32 @@ def test_every_problem_is_reported_at_once(make_config) -> None:
 def test_cross_field_and_nested_checks(make_config) -> None:
     path = make_config(**{"training.optimizer.kwargs.lr_drops": [120, 80], "training.optimizer.kwargs.betas": [0.9]})
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        RunSpec.load(path)
     paths = {p.path for p in err.value.problems}
     assert paths == {"training.optimizer.kwargs.lr_drops", "training.optimizer.kwargs.betas"}
 
 
 def test_quoted_booleans_from_official_configs_are_accepted(make_config) -> None:
-    assert load_config(make_config(**{"dataset.train4val": "false"})).dataset.train4val is False
-    assert load_config(make_config(**{"dataset.train4val": "True"})).dataset.train4val is True
+    assert RunSpec.load(make_config(**{"dataset.train4val": "false"})).config.dataset.train4val is False
+    assert RunSpec.load(make_config(**{"dataset.train4val": "True"})).config.dataset.train4val is True
 
 
 def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('{"general": {"seed": 0,}}')
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        RunSpec.load(path)
     assert "line 1, column" in str(err.value) and str(path) in str(err.value)
 
 
 def test_registry_names_and_criterion_options_are_resolved(make_config) -> None:
     path = make_config(**{"model.class": "DIGITS_CNN", "training.compressor.class": "Random",
                           "training.compressor.options": {"seed": 7}})
-    cfg = resolve(load_config(path), str(path))
+    cfg = RunSpec.load(path).config
     assert cfg.model.name == "digits_cnn" and cfg.training.compressor.name == "random"
     assert cfg.training.compressor.options == {"seed": 7}
     # defaults of options are filled in
-    cfg = resolve(load_config(make_config(**{"training.compressor.class": "random"})))
+    cfg = RunSpec.load(make_config(**{"training.compressor.class": "random"})).config
     assert cfg.training.compressor.options == {"seed": None}
 
 
@@ -93,7 +97,7 @@ def test_resolve_reports_unknown_names_and_bad_options_together(make_config) -> 
     path = make_config(**{"dataset.class": "digitz", "training.compressor.class": "random",
                           "training.compressor.options": {"sed": 1}, "general.experiment": "pbtt"})
     with pytest.raises(ConfigError) as err:
-        resolve(load_config(path), str(path))
+        RunSpec.load(path)
     msgs = {p.path: p.message for p in err.value.problems}
     assert "did you mean 'digits'" in msgs["dataset.class"] and "valid:" in msgs["dataset.class"]
     assert "did you mean 'seed'" in msgs["training.compressor.options.sed"]
@@ -102,29 +106,48 @@ def test_resolve_reports_unknown_names_and_bad_options_together(make_config) -> 
 
 
 def test_dense_baseline_ignores_template_sparsity(make_config) -> None:
-    cfg = resolve(load_config(make_config(**{"training.compressor.class": "none",
-                                             "training.compressor.sparsity": 0.9})))
+    cfg = RunSpec.load(make_config(**{"training.compressor.class": "none",
+                                      "training.compressor.sparsity": 0.9})).config
     assert cfg.training.compressor.sparsity == 0.0
 
 
 def test_every_field_is_documented() -> None:
-    rows = describe_fields(ExperimentConfig)
-    assert len(rows) > 35
+    rows = config_fields()
+    assert len(rows) > 35 and "training.irp.iterations" in {r[0] for r in rows}  # experiments' own too
     undocumented = [path for path, _, _, help_text in rows if not help_text]
     assert undocumented == []
 
 
 def test_resolved_config_is_json_serialisable(make_config) -> None:
-    cfg = resolve(load_config(make_config()))
-    assert json.loads(json.dumps(cfg.to_dict()))["training"]["compressor"]["class"] == "snip"
+    spec = RunSpec.load(make_config())
+    assert json.loads(json.dumps(spec.to_dict()))["training"]["compressor"]["class"] == "snip"
 
 
-def test_sections_of_other_experiments_stay_out_of_the_resolved_config(make_config) -> None:
-    from utils.results import config_hash
-
-    plain = resolve(load_config(make_config()))
-    tuned = resolve(load_config(make_config(**{"training.irp.iterations": 3})))
+def test_sections_of_other_experiments_are_checked_but_stay_out_of_the_run(make_config) -> None:
+    plain = RunSpec.load(make_config())
+    tuned = RunSpec.load(make_config(**{"training.irp.iterations": 3}))
     assert "irp" not in plain.to_dict()["training"] and "pat" not in plain.to_dict()["training"]
-    assert config_hash(plain.to_dict()) == config_hash(tuned.to_dict())  # pbt ignores the irp section
-    irp = resolve(load_config(make_config(**{"general.experiment": "irp", "training.irp.iterations": 3})))
+    assert plain.hash() == tuned.hash()  # pbt ignores the irp section
+    irp = RunSpec.load(make_config(**{"general.experiment": "irp", "training.irp.iterations": 3}))
     assert irp.to_dict()["training"]["irp"]["iterations"] == 3 and "pat" not in irp.to_dict()["training"]
+    assert irp.experiment_options.iterations == 3
+    with pytest.raises(ConfigError) as err:  # a typo in another experiment's section is still reported
+        RunSpec.load(make_config(**{"training.pat.finetune_epoch": 3}))
+    assert "did you mean 'finetune_epochs'" in str(err.value)
+
+
+def test_experiment_cross_field_checks_are_config_problems(make_config) -> None:
+    path = make_config(**{"general.experiment": "irp", "training.irp.epochs_per_iteration": 2,
+                          "training.irp.rewind_epoch": 3})
+    with pytest.raises(ConfigError) as err:
+        RunSpec.load(path)
+    (problem,) = err.value.problems
+    assert problem.path == "training.irp.rewind_epoch" and "valid: 0..2" in problem.message
+
+
+def test_a_top_level_that_is_not_an_object_is_a_problem(tmp_path: Path) -> None:
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError) as err:
+        RunSpec.load(path)
+    assert "must be a JSON object" in str(err.value) and str(path) in str(err.value)

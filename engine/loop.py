@@ -1,10 +1,9 @@
-"""Building blocks shared by trainers: optimizer and schedule, mask enforcement, mixed precision,
-memory format and compilation, one epoch, evaluation, BN-statistics warmup."""
+"""The shared training loop's pieces: mask enforcement, mixed precision, memory format and compilation,
+training over a run of batches, evaluation, BN-statistics warmup."""
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterable, Optional
@@ -14,41 +13,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from utils.config import OptimizerConfig
 from utils.threads import single_thread_on_cpu
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov, L2 weight decay), Adam or AdamW (decoupled weight decay)."""
-    kw = cfg.kwargs
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=kw.momentum, nesterov=kw.nesterov,
-                               weight_decay=kw.w_decay)
-    opt_cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return opt_cls(params, lr=cfg.learning_rate, betas=tuple(kw.betas), weight_decay=kw.w_decay)
-
-
-def lr_factor(epoch: int, cfg: OptimizerConfig, total_epochs: int) -> float:
-    """Learning-rate multiplier for (0-based) epoch ``epoch``: linear warm-up, then none/step/cosine."""
-    kw = cfg.kwargs
-    if epoch < kw.warmup_epochs:
-        return (epoch + 1) / kw.warmup_epochs
-    if kw.scheduler == "step":
-        return kw.lr_drop_factor ** sum(1 for d in kw.lr_drops if epoch >= d)
-    if kw.scheduler == "cosine":
-        span = max(total_epochs - kw.warmup_epochs, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * (epoch - kw.warmup_epochs) / span))
-    return 1.0
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_epochs: int):
-    """A per-epoch LambdaLR implementing :func:`lr_factor` (its state is just the epoch count)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg, total_epochs))
 
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -126,17 +95,21 @@ class MaskEnforcer:
 
 @dataclass
 class EpochStats:
+    """Mean training loss and accuracy over ``samples`` samples seen in ``seconds``."""
+
     loss: float
     acc: float
     seconds: float
     images_per_s: float
+    samples: int = 0
 
 
 def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
                 device: torch.device, enforcer: MaskEnforcer | None = None, grad_clip: float | None = None,
                 desc: str = "train", *, amp: str = "none", scaler: Optional[torch.amp.GradScaler] = None,
-                channels_last: bool = False) -> EpochStats:
-    """One pass over ``loader`` with the mask enforced after every step.
+                channels_last: bool = False, total: int | None = None) -> EpochStats:
+    """One pass over ``loader`` (an epoch, or the ``total`` batches of one the caller cut out) with the mask
+    enforced after every step.
 
     ``amp`` autocasts the forward pass (bf16 / fp16); with a ``scaler`` (fp16) the loss is scaled, the
     gradients are unscaled before clipping and steps with inf/NaN gradients are skipped by the scaler.
@@ -151,7 +124,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimize
     sync_every_step = device.type != "cuda"
     seen = 0
     tic = last = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None, total=total)
 
     def check_finite() -> None:
         if bool(nonfinite):
@@ -198,7 +171,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimize
     loss_value, acc_value = total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
     seconds = time.perf_counter() - tic
     return EpochStats(loss=loss_value, acc=acc_value, seconds=seconds,
-                      images_per_s=seen / seconds if seconds > 0 else float("nan"))
+                      images_per_s=seen / seconds if seconds > 0 else float("nan"), samples=seen)
 
 
 @torch.no_grad()

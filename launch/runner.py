@@ -1,16 +1,15 @@
 """Batch execution of config files: skip completed runs, resume interrupted ones, rerun failed ones,
 record every failure and keep going.  A run folder is claimed with a lock file while it runs
-(:func:`utils.results.run_lock`), so two processes given the same config never run it at once: the
+(:func:`utils.locks.run_lock`), so two processes given the same config never run it at once: the
 second reports the run ``busy`` and goes on.
 
-A run's status lives in its run folder (:mod:`utils.results`).  A config that cannot even be resolved
+A run's status lives in its run folder (:mod:`spec.folder`).  A config that cannot even be resolved
 (bad field, unknown name) has no run folder; its failure is recorded under
 ``<root>/invalid/<file-stem>-<hash of its path>/status.json`` and removed once the file is fixed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import signal
 import time
@@ -19,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import trainers
-from utils.config import ExperimentConfig, load_config
+from engine import execute
+from spec import RunSpec
+from spec.folder import Files, RunFolder, batch_record_path, invalid_dir
 from utils.environment import environment
 from utils.io import write_json
-from utils.resolve import resolve
-from utils.results import RunBusy, RunStore, run_dir, run_lock
+from utils.locks import RunBusy, run_lock
 from utils.typed import ConfigError
 
 DEFAULT_RESULTS = Path("results")
@@ -63,16 +62,12 @@ def collect_configs(paths: Iterable[str | Path], recursive: bool = False) -> lis
     return out
 
 
-def results_root(cfg: ExperimentConfig, override: str | Path | None) -> Path:
+def results_root(spec: RunSpec, override: str | Path | None) -> Path:
     """--results beats general.output_dir beats ./results."""
     if override is not None:
         return Path(override)
-    return Path(cfg.general.output_dir) if cfg.general.output_dir else DEFAULT_RESULTS
-
-
-def _invalid_dir(root: Path, path: Path) -> Path:
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
-    return root / "invalid" / f"{path.stem}-{digest}"
+    out = spec.config.general.output_dir
+    return Path(out) if out else DEFAULT_RESULTS
 
 
 def _sigterm_to_interrupt(signum, frame):  # noqa: ANN001
@@ -84,68 +79,65 @@ def run_config(path: Path, *, results: str | Path | None = None, force: bool = F
     """Run one config file; never raises except on interruption (Ctrl-C / SIGTERM)."""
     tic = time.perf_counter()
     try:
-        cfg = resolve(load_config(path), str(path), build_model=False)
+        spec = RunSpec.load(path)
     except ConfigError as exc:
         root = Path(results) if results is not None else DEFAULT_RESULTS
-        bad = RunStore(_invalid_dir(root, path))
+        bad = RunFolder(invalid_dir(root, path))
         bad.set_status("failed", config_file=str(path), reason="invalid config",
                        problems=[str(p) for p in exc.problems])
         return RunOutcome(str(path), "failed", str(bad.path), reason="; ".join(str(p) for p in exc.problems))
-    root = results_root(cfg, results)
-    shutil.rmtree(_invalid_dir(root, path), ignore_errors=True)
-    resolved = cfg.to_dict()
-    store = RunStore(run_dir(root, resolved), cache_dir=root / "score_cache")
-    outcome = RunOutcome(str(path), "completed", str(store.path), cfg.training.compressor.name,
-                         cfg.training.compressor.sparsity, cfg.general.seed)
-    status = store.status()
-    if store.is_completed() and not force:
-        results_json = store.read("results.json")
-        outcome.status = "skipped"
-        _fill_results(outcome, results_json)
-        return outcome
+    root = results_root(spec, results)
+    shutil.rmtree(invalid_dir(root, path), ignore_errors=True)
+    folder = spec.folder(root)
+    comp = spec.config.training.compressor
+    outcome = RunOutcome(str(path), "completed", str(folder.path), comp.name, comp.sparsity, spec.config.general.seed)
+    if folder.is_completed() and not force:
+        return _skipped(outcome, folder)
     try:
-        with run_lock(store.path):
-            return _run_claimed(path, cfg, resolved, store, status, outcome, tic, force=force, log=log,
-                                on_epoch_end=on_epoch_end)
+        with run_lock(folder.path):
+            return _run_claimed(path, spec, folder, outcome, tic, force=force, log=log, on_epoch_end=on_epoch_end)
     except RunBusy as busy:
         outcome.status, outcome.reason = "busy", str(busy)
         return outcome
 
 
-def _run_claimed(path: Path, cfg: ExperimentConfig, resolved: dict[str, Any], store: RunStore,
-                 status: dict[str, Any] | None, outcome: RunOutcome, tic: float, *, force: bool,
+def _skipped(outcome: RunOutcome, folder: RunFolder) -> RunOutcome:
+    outcome.status = "skipped"
+    _fill_results(outcome, folder.read(Files.RESULTS))
+    return outcome
+
+
+def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutcome, tic: float, *, force: bool,
                  log: Callable[[str], None], on_epoch_end: Callable | None) -> RunOutcome:
     """The part of :func:`run_config` that runs while this process holds the run folder's lock."""
-    if store.is_completed() and not force:  # finished by another process while we waited for the lock
-        outcome.status = "skipped"
-        _fill_results(outcome, store.read("results.json"))
-        return outcome
+    if folder.is_completed() and not force:  # finished by another process while we waited for the lock
+        return _skipped(outcome, folder)
+    status = folder.status()
     if force or (status and status.get("status") == "failed"):
-        shutil.rmtree(store.path, ignore_errors=True)  # start over: nothing stale survives
-    resuming = store.file("checkpoint.pt").exists()
-    store.path.mkdir(parents=True, exist_ok=True)
-    store.write("config.json", resolved)
-    trainer_cls = trainers.get(cfg.general.experiment)
-    trainer = trainer_cls(cfg, store, on_epoch_end=on_epoch_end, log=log)
-    store.write("environment.json", environment(trainer.device))
+        shutil.rmtree(folder.path, ignore_errors=True)  # start over: nothing stale survives
+        status = None
+    resuming = folder.file(Files.CHECKPOINT).exists()
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.write(Files.CONFIG, spec.to_dict())
+    folder.write(Files.ENVIRONMENT, environment(spec.device()))
     attempts = (status or {}).get("attempts", 0) + 1
-    store.set_status("running", config_file=str(path), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     attempts=attempts, resumed=resuming)
-    log(f"[{path}] -> {store.path}")
+    folder.set_status("running", config_file=str(path), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      attempts=attempts, resumed=resuming)
+    log(f"[{path}] -> {folder.path}")
     try:
-        res = trainer.run(resume=True)
+        res = execute(spec, folder, log=log, on_epoch_end=on_epoch_end)
     except KeyboardInterrupt:
-        store.set_status("interrupted", reason="interrupted (Ctrl-C or SIGTERM); rerun to resume",
-                         seconds=time.perf_counter() - tic)
+        folder.set_status("interrupted", reason="interrupted (Ctrl-C or SIGTERM); rerun to resume",
+                          seconds=time.perf_counter() - tic)
         raise
     except Exception as exc:  # noqa: BLE001 - any crash is recorded and the batch goes on
-        store.set_status("failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                         seconds=time.perf_counter() - tic)
+        folder.set_status("failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                          seconds=time.perf_counter() - tic)
         outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
         outcome.seconds = time.perf_counter() - tic
         return outcome
     outcome.seconds = time.perf_counter() - tic
-    store.set_status("completed", seconds=outcome.seconds, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    folder.set_status("completed", seconds=outcome.seconds, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     _fill_results(outcome, res)
     return outcome
 
@@ -180,8 +172,7 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
     finally:
         signal.signal(signal.SIGTERM, previous)
     root = Path(results) if results is not None else DEFAULT_RESULTS
-    write_json(root / "batches" / f"{time.strftime('%Y%m%d-%H%M%S')}.json",
-               [o.__dict__ for o in outcomes])
+    write_json(batch_record_path(root), [o.__dict__ for o in outcomes])
     return outcomes
 
 

@@ -1,19 +1,19 @@
 """The experiment config: typed dataclasses mirroring the official repository's JSON layout.
 
-``load_config(path)`` parses and validates one JSON file and raises :class:`ConfigError` listing every
-problem (file, JSON path, what is valid).  Names of datasets, models, criteria and trainers are only
-checked for shape here; :mod:`utils.resolve` checks them against the registries.
+These are the sections every run has.  An experiment's own options (``training.irp``, ``training.pat``,
+...) are declared by the experiment class (its ``Options`` and ``section``) and parsed by
+:class:`spec.RunSpec`, which also checks the names against the registries.  Fields marked
+``identity=False`` never change what a run computes and are not part of its identity.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from utils.typed import ConfigError, Problem, json_key, option, parse_collect, to_dict
+from utils.typed import ConfigError, Problem, option, parse_collect
 
 
 @dataclass
@@ -24,12 +24,13 @@ class GPUConfig:
 
 @dataclass
 class GeneralConfig:
-    id: str = option("", "experiment name shown in summaries (default: the config file's name)")
+    id: str = option("", "experiment name shown in summaries (default: the config file's name)", identity=False)
     experiment: str = option("pbt", "registered trainer (pipeline); 'pbt' = prune before training")
     seed: int = option(0, "run seed: model init, data order, mask-data sampling", min=0)
-    output_dir: Optional[str] = option(None, "results root for this config (the --results flag overrides it)")
-    gpu: GPUConfig = option(factory=GPUConfig, help="device selection")
-    description: str = option("", "free text, not used")
+    output_dir: Optional[str] = option(None, "results root for this config (the --results flag overrides it)",
+                                       identity=False)
+    gpu: GPUConfig = option(factory=GPUConfig, help="device selection", identity=False)
+    description: str = option("", "free text, not used", identity=False)
     deterministic: bool = option(False, "torch.use_deterministic_algorithms(True) (slower on GPU)")
 
 
@@ -38,11 +39,13 @@ class DatasetConfig:
     name: str = option("digits", "registered dataset", key="class")
     root: str = option("./datasets", "folder where datasets are stored / downloaded (relative to the working "
                                      "directory); while it is the default ./datasets, the PAI_DATASETS environment "
-                                     "variable, when set, replaces it; any other value wins over the variable")
-    download: bool = option(True, "download the dataset when it is missing (where the dataset supports it)")
+                                     "variable, when set, replaces it; any other value wins over the variable",
+                       identity=False)
+    download: bool = option(True, "download the dataset when it is missing (where the dataset supports it)",
+                            identity=False)
     batch_size: int = option(128, "training batch size", min=1)
     eval_batch_size: Optional[int] = option(None, "batch size for validation/test (default: batch_size)", min=1)
-    num_workers: int = option(0, "DataLoader worker processes", min=0)
+    num_workers: int = option(0, "DataLoader worker processes", min=0, identity=False)
     train4val: bool = option(False, "hold out a seeded, stratified part of train as validation (else validate on test)")
     val_fraction: float = option(0.2, "fraction of train held out when train4val is true", min=0, max=1,
                                  min_exclusive=True, max_exclusive=True)
@@ -112,37 +115,6 @@ class CompressorConfig:
 
 
 @dataclass
-class IRPConfig:
-    """Options of the ``irp`` experiment (iterative rewind pruning; trainers/irp.py)."""
-
-    iterations: int = option(20, "pruning iterations N; after iteration i the density is d^(i/N) (d = 1 - "
-                                 "training.compressor.sparsity)", min=1, max=10000)
-    epochs_per_iteration: Optional[int] = option(None, "training epochs before each pruning step (default: "
-                                                       "training.num_steps)", min=1)
-    final_epochs: Optional[int] = option(None, "epochs training the final rewound sparse network after the last "
-                                               "pruning step (default: epochs_per_iteration; 0 skips it)", min=0)
-    schedule: Literal["geometric", "equal"] = option(
-        "geometric", "'geometric': density d^(i/N) after iteration i; 'equal': the same number of weights "
-                     "removed every iteration")
-    rewind_epoch: int = option(0, "rewind the surviving weights to theta0 (0) or to the weights after this many "
-                                  "epochs of the first iteration (<= epochs_per_iteration)", min=0)
-    reset_non_prunable: bool = option(True, "also reset BN parameters and running statistics, biases and the "
-                                            "unpruned layers to the rewind point (false: they keep training)")
-    autos_dataset: bool = option(True, "write the AutoSparse training set autos_dataset.pt in the run folder")
-
-
-@dataclass
-class PaTConfig:
-    """Options of the ``pat`` experiment (prune after training; trainers/pat.py)."""
-
-    finetune_epochs: int = option(10, "fine-tuning epochs after pruning the trained dense network "
-                                      "(training.num_steps is the dense training)", min=0)
-    finetune_learning_rate: Optional[float] = option(None, "initial learning rate of the fine-tuning (default: "
-                                                           "training.optimizer.learning_rate; the schedule restarts)",
-                                                     min=0, min_exclusive=True)
-
-
-@dataclass
 class TrainingConfig:
     num_steps: int = option(10, "training epochs", min=0)
     local_epochs: int = option(0, "accepted for compatibility with the official configs; unused", min=0)
@@ -156,10 +128,6 @@ class TrainingConfig:
     criterion: LossConfig = option(factory=LossConfig, help="training loss")
     optimizer: OptimizerConfig = option(factory=OptimizerConfig, help="optimizer")
     compressor: CompressorConfig = option(factory=CompressorConfig, help="pruning criterion and mask")
-    irp: IRPConfig = option(factory=IRPConfig, help="iterative rewind pruning (experiment irp only)",
-                            only_for=("irp",))
-    pat: PaTConfig = option(factory=PaTConfig, help="pruning after training (experiment pat only)",
-                            only_for=("pat",))
 
 
 @dataclass
@@ -176,15 +144,6 @@ class ExperimentConfig:
     training: TrainingConfig = option(factory=TrainingConfig, help="training and pruning")
     validation: ValidationConfig = option(factory=ValidationConfig, help="model selection")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON dict of the config, without the sections that this run's experiment does not use."""
-        out = to_dict(self)
-        experiment = self.general.experiment.lower()
-        for f in dataclasses.fields(TrainingConfig):
-            users = f.metadata.get("only_for")
-            if users and experiment not in users:
-                out["training"].pop(json_key(f), None)
-        return out
 
 
 def read_json(path: str | Path) -> Any:

@@ -1,0 +1,70 @@
+"""The experiment contract and the one engine that runs every experiment.
+
+An experiment is one registered class in ``trainers/`` that declares its options and its stages::
+
+    @register("pbt")
+    class PruneBeforeTraining(Experiment):
+        def stages(self, run):
+            n = self.cfg.training.num_steps
+            return [Warmup(), Prune(self.cfg.training.compressor.sparsity), Train(until=n, track_best=True)]
+
+:func:`execute` builds the run, resumes it from its checkpoint when there is one, runs the remaining
+stages (checkpointing after the expensive ones and after every epoch) and tests the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+from engine.run import EpochCallback, Run
+from engine.stages import Stage
+from spec import RunSpec
+from spec.config import ExperimentConfig
+from spec.folder import RunFolder
+from utils.typed import NoOptions, Problem
+
+
+class Experiment:
+    """Base class of experiments (see the module docstring).
+
+    - ``Options``: a dataclass of the experiment's own options, read from ``training.<section>``;
+    - ``check_config(cfg, options, problems)``: cross-field checks, reported by ``validate``;
+    - ``stages(run)``: the pipeline, built after the run's objects exist (it may read ``run``);
+    - ``results(run)``: what the experiment adds to ``results.json``.
+    """
+
+    Options: ClassVar[type] = NoOptions
+    section: ClassVar[str | None] = None
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec, self.cfg, self.options = spec, spec.config, spec.experiment_options
+
+    @classmethod
+    def check_config(cls, cfg: ExperimentConfig, options: Any, problems: list[Problem]) -> None:
+        """Append a :class:`Problem` for every option that does not fit the rest of the config."""
+
+    def stages(self, run: Run) -> list[Stage]:  # pragma: no cover - abstract
+        raise NotImplementedError("abstract: experiments implement stages()")
+
+    def results(self, run: Run) -> dict[str, Any]:
+        return {}
+
+
+def execute(spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = print,
+            on_epoch_end: EpochCallback | None = None, resume: bool = True) -> dict[str, Any]:
+    """Run (or resume) the experiment of ``spec`` in ``folder``; returns the results."""
+    experiment = spec.experiment(spec)
+    run = Run(spec, folder, log=log, on_epoch_end=on_epoch_end)
+    run.setup()
+    stages = experiment.stages(run)
+    if resume and run.restore():
+        where = stages[run.state.stage].describe() if run.state.stage < len(stages) else "the end"
+        log(f"  resuming at stage {run.state.stage + 1}/{len(stages)} ({where}), after {run.state.step} "
+            f"training steps")
+    while run.state.stage < len(stages):
+        stage = stages[run.state.stage]
+        stage.run(run)
+        run.state.stage += 1
+        if stage.checkpoint_after:
+            run.checkpoint()
+    return run.finish(experiment.results(run))

@@ -1,0 +1,245 @@
+"""A run in progress: what the stages of an experiment act on.
+
+:class:`Run` holds the objects built from the :class:`spec.RunSpec` (loaders, model, criterion, loss),
+the current masks, optimizer and schedule, and a :class:`RunState` with everything else a resumed run
+needs (position in the batch stream, history, records, best model, snapshots, pruning record).  The
+state, the tensors and every RNG state go into one checkpoint (:mod:`engine.checkpoint`).
+
+The training stream is a sequence of steps: step ``k`` is batch ``k mod E`` of data epoch ``k div E``
+(``E`` batches per epoch, each epoch's order and augmentation seeded by (seed, epoch)), so a stage may
+end inside an epoch and the next one goes on from the following batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+
+import compressors
+from compressors.cache import score_with_cache
+from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
+from spec import RunSpec
+from spec.folder import Files, PruningRecord, RunFolder, RunResults
+from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
+
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class RunState:
+    """What a run has done so far (all of it checkpointed)."""
+
+    stage: int = 0                                     # index of the current stage
+    step: int = 0                                      # training steps taken
+    train: dict[str, int] | None = None                # the Train stage in progress: {"start", "end"} steps
+    optimizer: dict[str, Any] | None = None            # how the current optimizer was built: {"lr", "epochs"}
+    partial: dict[str, float] = field(default_factory=dict)  # sums over the current epoch's batches so far
+    history: list[dict[str, Any]] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    best_model: dict[str, torch.Tensor] | None = None
+    pruning: dict[str, Any] = field(default_factory=lambda: vars(PruningRecord()))
+    snapshots: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # an experiment's own values (tensors welcome)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunState:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def state_to_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def better(metric: str, new: float, best: float | None) -> bool:
+    """Is ``new`` a better value of validation ``metric`` than ``best``?"""
+    return best is None or (new < best if metric == "loss" else new > best)
+
+
+class Run:
+    """The live objects of one run (see the module docstring)."""
+
+    def __init__(self, spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = print,
+                 on_epoch_end: EpochCallback | None = None) -> None:
+        self.spec, self.cfg, self.folder = spec, spec.config, folder
+        self.log, self.on_epoch_end = log, on_epoch_end
+        self.device = spec.device()
+        self.state = RunState()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+
+    # ----------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Build loaders, model (at its seeded initialisation), criterion and loss; masks all ones."""
+        spec, tr = self.spec, self.cfg.training
+        if self.cfg.general.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.loaders = spec.build_loaders(self.device)
+        self.num_classes = spec.num_classes(self.loaders)
+        self.model = spec.build_model(self.loaders).to(self.device)
+        # self.model keeps plain state_dict keys; self.train_model is what the loop calls (maybe compiled)
+        self.train_model = prepare_model(self.model, self.device, channels_last=tr.channels_last,
+                                         compile=tr.compile, log=self.log)
+        self.scaler = make_scaler(self.device, tr.amp)
+        self.loop_options = {"amp": tr.amp, "channels_last": tr.channels_last}
+        self.loss_fn = spec.build_loss()
+        self.criterion = spec.build_criterion()
+        comp = tr.compressor
+        names = compressors.prunable_names(self.model, include_classifier=comp.prune_classifier,
+                                           include_biases=comp.prune_biases)
+        params = dict(self.model.named_parameters())
+        self.set_masks({n: torch.ones_like(params[n]) for n in names})
+        self.steps_per_epoch = len(self.loaders.train)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"dataset '{self.cfg.dataset.name}': the training set yields no batch")
+
+    # ---------------------------------------------------------------------- masks, optimizer
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Use ``masks`` from now on: pruned weights are zeroed and kept at zero by the loop."""
+        self.masks = {n: m.to(self.device) for n, m in masks.items()}
+        pruned = self.criterion.prunes and any(not bool(m.all()) for m in self.masks.values())
+        self.enforcer = MaskEnforcer(self.model, self.masks if pruned else {})
+        self.enforcer.apply_to_weights()
+
+    def density(self) -> float:
+        return 1.0 - compressors.global_sparsity(self.masks)
+
+    def new_optimizer(self, epochs: int, learning_rate: float | None = None) -> None:
+        """A fresh optimizer and per-epoch schedule over ``epochs`` epochs (``learning_rate``: else the config's)."""
+        self.state.optimizer = {"lr": learning_rate, "epochs": epochs}
+        self.optimizer = self.spec.build_optimizer(self.model, learning_rate)
+        self.scheduler = self.spec.build_scheduler(self.optimizer, max(epochs, 1))
+
+    # ------------------------------------------------------------------------------- scoring
+    def score(self, sparsity: float, seed_parts: tuple[Any, ...] = ("scoring",)) -> compressors.ScoreMap:
+        """Score the masked weights with the run's criterion through the score cache; the times, cache use
+        and diagnostics go into the pruning record."""
+        pruning = self.state.pruning
+        seed_everything(derive_seed(self.cfg.general.seed, *seed_parts))
+        tic = time.perf_counter()
+        scores, info = score_with_cache(
+            self.criterion, self.model, self.loaders.mask, torch.nn.CrossEntropyLoss(), names=list(self.masks),
+            sparsity=sparsity if self.criterion.iterative else None, cache_dir=self.folder.cache_dir,
+            mask_indices=self.loaders.mask_indices)
+        pruning["scoring_seconds"] += time.perf_counter() - tic
+        pruning.update(info, criterion_diagnostics=scores.diagnostics)
+        if info["score_cache"] != "off":
+            pruning["score_cache_hits" if info["score_cache"] == "hit" else "score_cache_misses"] += 1
+        return scores
+
+    # ------------------------------------------------------------------------------ training
+    def train_batches(self, epoch: int, offset: int, count: int) -> None:
+        """Train on batches ``offset .. offset + count - 1`` of data epoch ``epoch``."""
+        partial = self.state.partial
+        if not partial:
+            partial.update(lr=self.optimizer.param_groups[0]["lr"], loss=0.0, correct=0.0, samples=0, seconds=0.0)
+        self.loaders.set_epoch(epoch, start_batch=offset)
+        batches = itertools.islice(self.loaders.train, count)
+        stats = train_epoch(self.train_model, batches, self.loss_fn, self.optimizer, self.device, self.enforcer,
+                            self.cfg.training.grad_clip, desc=f"epoch {epoch + 1}", scaler=self.scaler,
+                            total=count, **self.loop_options)
+        partial["loss"] += stats.loss * stats.samples
+        partial["correct"] += stats.acc * stats.samples
+        partial["samples"] += stats.samples
+        partial["seconds"] += stats.seconds
+        self.state.step += count
+
+    def end_epoch(self, epoch: int, *, validate: bool, track_best: bool, label: Any = None) -> None:
+        """After the last batch of data epoch ``epoch``: schedule step, validation, history row,
+        checkpoint, log line and the epoch callback."""
+        st, p = self.state, self.state.partial
+        self.scheduler.step()
+        n = max(int(p["samples"]), 1)
+        row: dict[str, Any] = {
+            "epoch": epoch + 1, "stage": st.stage + 1 if label is None else label, "density": self.density(),
+            "lr": p["lr"], "train_loss": p["loss"] / n, "train_acc": p["correct"] / n, "epoch_seconds": p["seconds"],
+            "images_per_s": n / p["seconds"] if p["seconds"] else 0.0}
+        st.partial = {}
+        metric = self.cfg.validation.metric
+        if validate:
+            val = evaluate(self.train_model, self.loaders.val, self.loss_fn, self.device, self.num_classes,
+                           **self.loop_options)
+            row.update({f"val_{k}": v for k, v in val.items()})
+            if track_best and better(metric, val[metric], st.best_metric):
+                st.best_metric, st.best_epoch = val[metric], epoch + 1
+                st.best_model = state_to_cpu(self.model.state_dict())
+        st.history.append(row)
+        self.checkpoint()
+        self.folder.write_rows(Files.HISTORY, Files.HISTORY_CSV, st.history)
+        val_txt = f" val_{metric} {row[f'val_{metric}']:.4f}" if f"val_{metric}" in row else ""
+        self.log(f"  epoch {epoch + 1}: density {row['density']:.4f} train_loss {row['train_loss']:.4f} train_acc "
+                 f"{row['train_acc']:.4f}{val_txt} ({row['epoch_seconds']:.1f}s, {row['images_per_s']:,.0f} img/s)")
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(epoch + 1, row)
+
+    def test(self) -> dict[str, float]:
+        return evaluate(self.train_model, self.loaders.test, self.loss_fn, self.device, self.num_classes,
+                        **self.loop_options)
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Append an experiment record (``iterations.json`` / ``.csv``)."""
+        self.state.records.append(row)
+        self.folder.write_rows(Files.RECORDS, Files.RECORDS_CSV, self.state.records)
+
+    # --------------------------------------------------------------------------- checkpoint
+    def checkpoint(self) -> None:
+        save_checkpoint(self.folder.file(Files.CHECKPOINT), {
+            "stage": self.state.stage, "epoch": self.state.step // self.steps_per_epoch, "state": self.state.to_dict(),
+            "model": self.model.state_dict(),
+            "masks": {n: m.cpu() for n, m in self.masks.items()},
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(), "rng": rng_state(),
+        }, experiment=self.cfg.general.experiment, run_hash=self.spec.hash())
+
+    def restore(self) -> bool:
+        """Resume from the run folder's checkpoint, if there is one (it is checked to be this run's)."""
+        path = self.folder.file(Files.CHECKPOINT)
+        if not path.exists():
+            return False
+        ckpt = load_checkpoint(path, experiment=self.cfg.general.experiment, run_hash=self.spec.hash(),
+                               map_location=self.device)
+        self.state = RunState.from_dict(ckpt["state"])
+        self.model.load_state_dict(ckpt["model"])
+        self.set_masks(ckpt["masks"])
+        if self.state.optimizer is not None:
+            self.new_optimizer(self.state.optimizer["epochs"], self.state.optimizer["lr"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        return True
+
+    # -------------------------------------------------------------------------------- finish
+    def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Test the final and the best-validation model; write mask, final model and ``results.json``."""
+        st = self.state
+        test = evaluate(self.model, self.loaders.test, self.loss_fn, self.device, self.num_classes)
+        final_state = copy.deepcopy(self.model.state_dict())
+        best = dict(test)
+        if st.best_model is not None:
+            self.model.load_state_dict(st.best_model)
+            best = evaluate(self.model, self.loaders.test, self.loss_fn, self.device, self.num_classes)
+            self.model.load_state_dict(final_state)
+        self.folder.save_mask(self.masks)
+        self.folder.save_torch(Files.FINAL_MODEL, state_to_cpu(final_state))
+        st.pruning.update(compressors.mask_summary(self.masks, sum(p.numel() for p in self.model.parameters())),
+                          mask_samples=len(self.loaders.mask_indices))
+        results = RunResults(test=test, best_val_test=best, best_val_epoch=st.best_epoch,
+                             best_val_metric=st.best_metric, validation_metric=self.cfg.validation.metric,
+                             validation_on_test_set=self.loaders.val_is_test,
+                             epoch_seconds=[row["epoch_seconds"] for row in st.history],
+                             pruning=PruningRecord(**st.pruning), extra=extra).to_json()
+        self.folder.write(Files.RESULTS, results)
+        return results

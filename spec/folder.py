@@ -1,0 +1,230 @@
+"""The run folder: every file name and record field that writers (engine, runner) and readers (report,
+status) share, declared once (as open_lth's ``foundations/paths.py``).
+
+Layout under a results root::
+
+    <root>/<experiment>/<dataset>/<model>/<criterion>[-layer]/<sparsity|dense>/seed_<n>-<hash>/
+    <root>/score_cache/          criterion scores shared by the runs of this root
+    <root>/invalid/<stem>-<h>/   the failure record of a config too broken to have a run folder
+    <root>/batches/<time>.json   one summary per batch
+
+Files of a run folder are the attributes of :class:`Files`.  ``status.json`` is a :class:`StatusRecord`;
+``results.json`` a :class:`RunResults` (flat JSON: test metrics, training times and the
+:class:`PruningRecord` fields side by side, as earlier versions wrote it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from utils.io import csv_text, load_torch, read_json, save_torch, write_json, write_text
+
+SCORE_CACHE = "score_cache"
+INVALID = "invalid"
+BATCHES = "batches"
+NOT_RUN_DIRS = (INVALID, BATCHES, SCORE_CACHE)
+
+
+class Files:
+    """File names inside a run folder."""
+
+    CONFIG = "config.json"            # the resolved config
+    STATUS = "status.json"            # StatusRecord
+    ENVIRONMENT = "environment.json"  # library versions, device, commit, command line
+    HISTORY = "history.json"          # one row per training epoch (and history.csv)
+    HISTORY_CSV = "history.csv"
+    RECORDS = "iterations.json"       # one row per experiment event (irp iterations, pat phases)
+    RECORDS_CSV = "iterations.csv"
+    RESULTS = "results.json"          # RunResults
+    MASK = "mask.pt"                  # {param_name: bool tensor}
+    FINAL_MODEL = "final_model.pt"    # state dict of the trained model
+    CHECKPOINT = "checkpoint.pt"      # the resume point (engine.checkpoint)
+
+
+Status = Literal["running", "completed", "failed", "interrupted"]
+STATUSES: tuple[str, ...] = ("running", "completed", "failed", "interrupted")
+
+
+@dataclass
+class StatusRecord:
+    """``status.json``: where a run stands and why."""
+
+    status: str = "running"
+    reason: Optional[str] = None
+    traceback: Optional[str] = None
+    problems: Optional[list[str]] = None
+    config_file: Optional[str] = None
+    started: Optional[str] = None
+    finished: Optional[str] = None
+    updated: Optional[str] = None
+    attempts: int = 0
+    resumed: bool = False
+    seconds: Optional[float] = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> StatusRecord | None:
+        """The record of a ``status.json`` dict (unknown keys ignored); None for anything else."""
+        if not isinstance(data, dict):
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class PruningRecord:
+    """How the mask of a run came about: times, cache use, diagnostics and :func:`compressors.mask_summary`."""
+
+    warmup_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+    score_cache: Optional[str] = None            # hit | miss | off (the last scoring)
+    score_cache_key: Optional[str] = None
+    score_cache_hits: int = 0
+    score_cache_misses: int = 0
+    criterion_diagnostics: dict[str, Any] = field(default_factory=dict)
+    mask_samples: int = 0
+    prunable_parameters: int = 0
+    kept_parameters: int = 0
+    achieved_sparsity: float = 0.0
+    total_parameters: int = 0
+    overall_sparsity: float = 0.0
+    layer_density: dict[str, float] = field(default_factory=dict)
+    layer_collapse: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResults:
+    """``results.json``: every final number of a run.  ``extra`` holds what one experiment adds (e.g.
+    ``iterations`` of irp); it is written flat beside the other fields."""
+
+    test: dict[str, float]                    # final model on the test set: loss, acc, precision, recall, f1
+    best_val_test: dict[str, float]           # the best-validation model on the test set
+    best_val_epoch: Optional[int]
+    best_val_metric: Optional[float]
+    validation_metric: str
+    validation_on_test_set: bool
+    epoch_seconds: list[float]
+    pruning: PruningRecord
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **{f"final_test_{k}": v for k, v in self.test.items()},
+            **{f"best_val_test_{k}": v for k, v in self.best_val_test.items()},
+            "best_val_epoch": self.best_val_epoch, "best_val_metric": self.best_val_metric,
+            "validation_metric": self.validation_metric, "validation_on_test_set": self.validation_on_test_set,
+            "epochs": len(self.epoch_seconds), "epoch_seconds": self.epoch_seconds,
+            "train_seconds": sum(self.epoch_seconds),
+            **dataclasses.asdict(self.pruning), **self.extra,
+        }
+
+
+def is_completed(status: Any, results: Any) -> bool:
+    """A run is completed when its status says so and its results could be read."""
+    return isinstance(status, dict) and status.get("status") == "completed" and isinstance(results, dict)
+
+
+class RunFolder:
+    """Reads and writes the files of one run folder (every write atomic)."""
+
+    def __init__(self, path: str | Path, cache_dir: str | Path | None = None) -> None:
+        self.path = Path(path)
+        # shared folder for results reusable across runs of one results root (cached scores)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    @classmethod
+    def under(cls, root: str | Path, relative: str | Path) -> RunFolder:
+        """The run folder ``root/relative`` with the root's shared score cache."""
+        return cls(Path(root) / relative, Path(root) / SCORE_CACHE)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # json records ------------------------------------------------------------
+    def read(self, name: str) -> Any:
+        return read_json(self.file(name))
+
+    def read_or_none(self, name: str) -> Any:
+        """The JSON of ``name``, or None when it is missing or unreadable."""
+        try:
+            return self.read(name)
+        except (OSError, ValueError):
+            return None
+
+    def write(self, name: str, obj: Any) -> None:
+        write_json(self.file(name), obj)
+
+    def status(self) -> dict[str, Any] | None:
+        data = self.read_or_none(Files.STATUS)
+        return data if isinstance(data, dict) else None
+
+    def set_status(self, status: Status, **fields: Any) -> None:
+        """Update ``status.json`` (a running run drops the reason of an earlier failure)."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        record = StatusRecord.from_json(self.status() or {}) or StatusRecord()
+        if status == "running":
+            record.reason = record.traceback = record.problems = None
+        record = dataclasses.replace(record, **fields, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.write(Files.STATUS, record.to_json())
+
+    def is_completed(self) -> bool:
+        return is_completed(self.status(), self.read_or_none(Files.RESULTS))
+
+    def write_rows(self, name: str, csv_name: str, rows: list[dict[str, Any]]) -> None:
+        """A list of records as JSON and as CSV (history, iterations)."""
+        self.write(name, rows)
+        write_text(self.file(csv_name), csv_text(rows))
+
+    # tensors -----------------------------------------------------------------
+    def save_mask(self, masks: dict[str, Any]) -> None:
+        save_torch(self.file(Files.MASK), {n: m.bool().cpu() for n, m in masks.items()})
+
+    def load_mask(self) -> dict[str, Any]:
+        return load_torch(self.file(Files.MASK))
+
+    def save_torch(self, name: str, obj: Any) -> None:
+        save_torch(self.file(name), obj)
+
+
+def invalid_dir(root: str | Path, config_file: str | Path) -> Path:
+    """Where the failure of a config too broken to have a run folder is recorded."""
+    path = Path(config_file)
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    return Path(root) / INVALID / f"{path.stem}-{digest}"
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Run folders below ``root``: folders holding ``status.json`` or ``config.json`` (not descending into
+    them), outside the root's ``invalid/``, ``batches/`` and ``score_cache/``."""
+    root = Path(root)
+    found: list[Path] = []
+    for here, dirs, files in os.walk(root):
+        path = Path(here)
+        if path == root:
+            dirs[:] = [d for d in dirs if d not in NOT_RUN_DIRS]
+        if path != root and (Files.STATUS in files or Files.CONFIG in files):
+            found.append(path)
+            dirs[:] = []
+            continue
+        dirs.sort()
+    return sorted(found)
+
+
+def batch_record_path(root: str | Path) -> Path:
+    """A new file for one batch summary, named by the time to the microsecond (sorted names are in time
+    order; two batches ending in the same second never share a file)."""
+    folder = Path(root) / BATCHES
+    while True:
+        now = time.time()
+        path = folder / (time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now % 1 * 1e6):06d}.json")
+        if not path.exists():
+            return path

@@ -1,0 +1,317 @@
+"""The run specification: one object that is loaded from a config file, checks itself, knows its
+identity and builds what a run needs (open_lth's ``desc.py`` above our registries).
+
+    spec = RunSpec.load("exp_configs/quickstart/snip.json")   # ConfigError lists every problem
+    spec.run_dir("results")                                   # results/pbt/digits/digits_cnn/snip/0.9/seed_0-<hash>
+    loaders = spec.build_loaders(device); model = spec.build_model(loaders); ...
+
+Identity: the run hash is the SHA-256 of the config's *non-default* values (:func:`utils.typed.nondefault`
+over the config, the dataset's, the criterion's and the experiment's options; fields marked
+``identity=False`` left out), so adding an option with a default never moves an existing run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import compressors
+import data
+import models
+from spec.config import ExperimentConfig, parse_config, read_json
+from spec.folder import RunFolder
+from spec.training import build_optimizer, build_scheduler
+from utils.naming import slug
+from utils.registry import Registry, UnknownName
+from utils.seeding import derive_seed, seed_everything
+from utils.typed import (
+    ConfigError,
+    NoOptions,
+    Problem,
+    describe_fields,
+    non_identity_paths,
+    nondefault,
+    parse_collect,
+    to_dict,
+)
+
+# Experiments (trainers/) register here: the specification needs their options, the trainers need the spec.
+EXPERIMENTS: Registry[type] = Registry("experiment", plugins="trainers")
+SEED_PATH = ("general", "seed")
+
+
+def experiment_sections() -> dict[str, type]:
+    """``training.<section>`` key -> experiment class, for every registered experiment with options."""
+    EXPERIMENTS.discover()
+    classes = {id(c): c for c in (EXPERIMENTS.get(n) for n in EXPERIMENTS.names())}
+    return {c.section: c for c in classes.values() if getattr(c, "section", None)}
+
+
+def _lookup(registry_get, name: str, path: str, problems: list[Problem]) -> Any:
+    try:
+        return registry_get(name)
+    except (UnknownName, TypeError) as exc:
+        problems.append(Problem(path, str(exc)))
+        return None
+
+
+def _options(cls: type | None, given: dict[str, Any], path: str, problems: list[Problem]) -> Any:
+    """The parsed ``Options`` dataclass of ``cls`` (NoOptions when it declares none); None for an unknown
+    ``cls`` (already a problem) or options that cannot be parsed."""
+    if cls is None:
+        return None
+    return parse_collect(getattr(cls, "Options", NoOptions), given, path, problems)
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """A checked config with canonical names and complete options (see the module docstring).
+
+    ``config`` is the typed config (``dataset.options`` / ``training.compressor.options`` complete dicts);
+    ``dataset_options``, ``criterion_options`` and ``experiment_options`` are the parsed option
+    dataclasses; ``experiment`` is the experiment class."""
+
+    config: ExperimentConfig
+    experiment: type
+    experiment_options: Any
+    dataset_options: Any
+    criterion_options: Any
+    file: str | None = None
+
+    # ------------------------------------------------------------------ loading and checking
+    @classmethod
+    def load(cls, path: str | Path, *, build: bool = False) -> RunSpec:
+        """Read and check one JSON config file (``build``: also build the model and the criterion, as
+        ``validate`` does).  Raises ConfigError with every problem found."""
+        spec = cls.from_dict(read_json(path), str(path), build=build)
+        if not spec.config.general.id:
+            spec.config.general.id = Path(path).stem
+        return spec
+
+    @classmethod
+    def from_dict(cls, raw: Any, file: str | None = None, *, build: bool = False) -> RunSpec:
+        """Check a config dict (a file's content or a resolved ``config.json``); see :meth:`load`."""
+        problems: list[Problem] = []
+        if not isinstance(raw, dict):
+            raise ConfigError([Problem("", f"a config must be a JSON object, got {type(raw).__name__}", file)])
+        raw, sections = _split_sections(raw)
+        cfg, found = parse_config(raw)
+        problems.extend(found)
+        if cfg is None:
+            raise ConfigError([dataclasses.replace(p, file=file) for p in problems])
+        spec = _resolve(cfg, sections, problems, file)
+        if build and not problems:
+            spec._try_build(problems)
+        if problems:
+            raise ConfigError([dataclasses.replace(p, file=file) for p in problems])
+        return spec
+
+    def _try_build(self, problems: list[Problem], *, model: bool = True, criterion: bool = True) -> None:
+        """Build the model (when its input is known without data) and the criterion, as problems."""
+        cfg = self.config
+        ds_cls = data.get(cfg.dataset.name)
+        num_classes = cfg.model.num_classes or ds_cls.num_classes
+        if model and num_classes is not None and ds_cls.input_shape is not None:  # else known from the data only
+            try:
+                models.build(cfg.model.name, num_classes=num_classes, input_shape=ds_cls.input_shape,
+                             **cfg.model.options)
+            except Exception as exc:  # noqa: BLE001 - any build error is a config problem
+                problems.append(Problem("model", f"cannot build '{cfg.model.name}' with options "
+                                                 f"{cfg.model.options} for input {ds_cls.input_shape}: {exc}"))
+                return
+        if criterion:
+            try:  # e.g. autosparse loads its predictor file here
+                self.build_criterion()
+            except Exception as exc:  # noqa: BLE001 - any build error is a config problem
+                problems.append(Problem("training.compressor.options",
+                                        f"cannot build criterion '{cfg.training.compressor.name}': {exc}"))
+
+    def build_problems(self, *, model: bool = True, criterion: bool = True) -> list[Problem]:
+        """What building the model and / or the criterion reports (``validate`` and ``sweep`` call this)."""
+        problems: list[Problem] = []
+        self._try_build(problems, model=model, criterion=criterion)
+        return [dataclasses.replace(p, file=self.file) for p in problems]
+
+    # ------------------------------------------------------------------------ identity
+    @property
+    def prunes(self) -> bool:
+        """False for the dense baseline (a criterion that prunes nothing)."""
+        return bool(compressors.get(self.config.training.compressor.name).prunes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (``config.json``): canonical names, every default filled in, and the
+        experiment's own section under ``training.<section>``."""
+        out = to_dict(self.config)
+        section = getattr(self.experiment, "section", None)
+        if section:
+            out["training"][section] = to_dict(self.experiment_options)
+        return out
+
+    def identity(self, *, without: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
+        """The values that differ from their defaults (see the module docstring), minus ``without``."""
+        ident = nondefault(self.config)
+        _put(ident, ("dataset", "options"), nondefault(self.dataset_options))
+        _put(ident, ("training", "compressor", "options"), nondefault(self.criterion_options))
+        section = getattr(self.experiment, "section", None)
+        if section:
+            _put(ident, ("training", section), nondefault(self.experiment_options))
+        for path in without:
+            _put(ident, path, None)
+        return ident
+
+    def hash(self) -> str:
+        """First 10 hex digits of the SHA-256 of :meth:`identity`."""
+        return identity_hash(self.identity())
+
+    def group_hash(self) -> str:
+        """The hash of the identity without the seed: runs with the same group differ only in the seed."""
+        return identity_hash(self.identity(without=(SEED_PATH,)))
+
+    def run_path(self) -> Path:
+        """The run folder relative to a results root (see :mod:`spec.folder`)."""
+        cfg = self.config
+        comp = cfg.training.compressor
+        sparsity = f"{comp.sparsity:g}" if self.prunes else "dense"
+        criterion = comp.name + (f"-{comp.mask}" if comp.mask != "global" else "")
+        names = [cfg.general.experiment, cfg.dataset.name, cfg.model.name, criterion]
+        return Path(*(slug(n.lower()) for n in names), slug(sparsity), slug(f"seed_{cfg.general.seed}-{self.hash()}"))
+
+    def run_dir(self, root: str | Path) -> Path:
+        return Path(root) / self.run_path()
+
+    def folder(self, root: str | Path) -> RunFolder:
+        """The run folder under ``root``, with the root's shared score cache."""
+        return RunFolder.under(root, self.run_path())
+
+    # --------------------------------------------------------------------------- building
+    def device(self) -> torch.device:
+        """``cuda:<gpu_id>`` when GPUs are requested and available, else the CPU."""
+        gpu = self.config.general.gpu
+        if gpu.ngpus > 0 and torch.cuda.is_available():
+            return torch.device("cuda", gpu.gpu_id)
+        return torch.device("cpu")
+
+    def build_loaders(self, device: torch.device) -> data.Loaders:
+        """Train / val / test / mask loaders; seeds every RNG with the run seed first."""
+        cfg, ds, comp = self.config, self.config.dataset, self.config.training.compressor
+        seed_everything(cfg.general.seed)
+        splits = data.get(ds.name)(root=ds.root, download=ds.download, **ds.options).load()
+        return data.build_loaders(
+            splits, batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size, num_workers=ds.num_workers,
+            train4val=ds.train4val, val_fraction=ds.val_fraction, mask_batch_size=comp.batch_size,
+            per_class_samples=comp.per_class_samples, seed=cfg.general.seed, pin_memory=device.type == "cuda",
+            loader=ds.loader, device=device, dataset_name=f"dataset '{ds.name}'")
+
+    def num_classes(self, loaders: data.Loaders) -> int:
+        return self.config.model.num_classes or loaders.num_classes
+
+    def build_model(self, loaders: data.Loaders) -> nn.Module:
+        """The network at initialisation, drawn from a seed derived from the run seed."""
+        cfg = self.config
+        seed_everything(derive_seed(cfg.general.seed, "model-init"))
+        return models.build(cfg.model.name, num_classes=self.num_classes(loaders), input_shape=loaders.input_shape,
+                            **cfg.model.options)
+
+    def build_criterion(self) -> compressors.Compressor:
+        comp = self.config.training.compressor
+        return compressors.build(comp.name, **comp.options)
+
+    def build_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.config.training.criterion.kwargs.label_smoothing)
+
+    def build_optimizer(self, model: nn.Module, learning_rate: float | None = None) -> torch.optim.Optimizer:
+        return build_optimizer(model, self.config.training.optimizer, learning_rate)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, epochs: int):
+        return build_scheduler(optimizer, self.config.training.optimizer, epochs)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def identity_hash(identity: dict[str, Any]) -> str:
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def config_fields() -> list[tuple[str, str, str, str]]:
+    """(JSON path, type, default, meaning) of every config field, the experiments' own sections included
+    (after the other ``training`` fields): the README's reference table (``main.py list --fields``)."""
+    rows = describe_fields(ExperimentConfig)
+    extra = [row for key, cls in sorted(experiment_sections().items())
+             for row in describe_fields(cls.Options, f"training.{key}")]
+    last = max(i for i, row in enumerate(rows) if row[0].startswith("training."))
+    return rows[:last + 1] + extra + rows[last + 1:]
+
+
+def non_identity_fields() -> list[str]:
+    """Dotted paths of the config fields that are not part of a run's identity (names, folders, workers)."""
+    return non_identity_paths(ExperimentConfig)
+
+
+def _put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set ``tree[path] = value``, or remove it (and emptied parents) when ``value`` is empty/None."""
+    node = tree
+    for key in path[:-1]:
+        if key not in node:
+            if not value:
+                return
+            node[key] = {}
+        node = node[key]
+    if value:
+        node[path[-1]] = value
+    else:
+        node.pop(path[-1], None)
+        if not node and len(path) > 1:
+            _put(tree, path[:-1], None)
+
+
+def _split_sections(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``raw`` without the experiments' own sections under ``training``, and those sections."""
+    training = raw.get("training")
+    if not isinstance(training, dict):
+        return raw, {}
+    known = experiment_sections()
+    sections = {k: v for k, v in training.items() if k in known}
+    if not sections:
+        return raw, {}
+    raw = copy.copy(raw)
+    raw["training"] = {k: v for k, v in training.items() if k not in known}
+    return raw, sections
+
+
+def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Problem], file: str | None) -> RunSpec:
+    """Canonical names, complete options and the experiment's cross-field checks."""
+    out = copy.deepcopy(cfg)
+    exp_cls = _lookup(EXPERIMENTS.get, cfg.general.experiment, "general.experiment", problems)
+    if exp_cls is not None:
+        out.general.experiment = EXPERIMENTS.canonical(cfg.general.experiment)
+    section = getattr(exp_cls, "section", None)
+    exp_opts = _options(exp_cls, sections.get(section, {}) if section else {}, f"training.{section}", problems)
+    known = experiment_sections()
+    for key, value in sections.items():  # another experiment's section: checked, then left out
+        if key != section:
+            _options(known[key], value, f"training.{key}", problems)
+    ds_cls = _lookup(data.get, cfg.dataset.name, "dataset.class", problems)
+    ds_opts = _options(ds_cls, cfg.dataset.options, "dataset.options", problems)
+    if ds_cls is not None:
+        out.dataset.name = data.REGISTRY.canonical(cfg.dataset.name)
+        out.dataset.options = to_dict(ds_opts) if ds_opts is not None else cfg.dataset.options
+    if _lookup(models.get, cfg.model.name, "model.class", problems) is not None:
+        out.model.name = models.REGISTRY.canonical(cfg.model.name)
+    comp = out.training.compressor
+    comp_cls = _lookup(compressors.get, comp.name, "training.compressor.class", problems)
+    comp_opts = _options(comp_cls, comp.options, "training.compressor.options", problems)
+    if comp_cls is not None:
+        comp.name = compressors.REGISTRY.canonical(comp.name)
+        comp.options = to_dict(comp_opts) if comp_opts is not None else comp.options
+        if not comp_cls.prunes:
+            comp.sparsity = 0.0  # the dense baseline ignores the (template) sparsity
+    if exp_cls is not None and exp_opts is not None and hasattr(exp_cls, "check_config"):
+        exp_cls.check_config(out, exp_opts, problems)
+    return RunSpec(out, exp_cls, exp_opts, ds_opts, comp_opts, file)
