@@ -40,7 +40,7 @@ from data._common import ArrayDataset  # noqa: E402
 from data.cifar import Cifar10, cifar_transforms  # noqa: E402
 from data.device_loader import DeviceLoader  # noqa: E402
 from data.loaders import EpochShuffler  # noqa: E402
-from trainers.engine import MaskEnforcer, autocast, prepare_model  # noqa: E402
+from engine.loop import MaskEnforcer, autocast, prepare_model  # noqa: E402
 
 
 def random_masks(model: nn.Module, sparsity: float, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -199,3 +199,15 @@ def test_a_run_claimed_by_a_live_process_is_reported_busy_and_left_alone(make_co
     out = run_config(cfg_path, results=results)
     assert out.status == "completed"
     assert not lock.exists()
+
+
+def test_the_command_line_loads_no_heavy_library_until_a_command_runs() -> None:
+    """`main.py --help` stays instant: building the parser imports neither torch nor pandas."""
+    import subprocess
+    import sys
+
+    code = ("import sys, main; main.build_parser(); "
+            "print(sorted(m for m in ('torch', 'pandas', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

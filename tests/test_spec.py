@@ -151,3 +151,71 @@ def test_a_top_level_that_is_not_an_object_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         RunSpec.load(path)
     assert "must be a JSON object" in str(err.value) and str(path) in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ identity
+FROZEN = [  # (config, run folder): a change that moves any of these moves existing runs; do not update lightly
+    ({"dataset": {"batch_size": 64, "train4val": True},
+      "training": {"num_steps": 15, "optimizer": {"learning_rate": 0.05,
+                                                  "kwargs": {"w_decay": 0.0005, "scheduler": "cosine"}},
+                   "compressor": {"class": "snip", "sparsity": 0.9, "warmup": 1, "batch_size": 10}}},
+     "pbt/digits/digits_cnn/snip/0.9/seed_0-69a6f09d1f"),
+    ({"dataset": {"batch_size": 64, "train4val": True},
+      "training": {"num_steps": 15, "optimizer": {"learning_rate": 0.05,
+                                                  "kwargs": {"w_decay": 0.0005, "scheduler": "cosine"}},
+                   "compressor": {"class": "none", "sparsity": 0.9, "warmup": 1, "batch_size": 10}}},
+     "pbt/digits/digits_cnn/none/dense/seed_0-58b1fb0a44"),
+    ({"general": {"id": "exp_hts", "output_dir": "./outputs", "gpu": {"ngpus": 1, "gpu_id": 0}},
+      "dataset": {"class": "cifar10", "batch_size": 512, "num_workers": 2},
+      "model": {"class": "resnet18", "num_classes": 10},
+      "training": {"num_steps": 160, "optimizer": {"class": "sgd", "learning_rate": 0.03, "kwargs": {
+          "momentum": 0.9, "w_decay": 0.0005, "scheduler": "step", "lr_drops": [80, 120], "lr_drop_factor": 0.2}},
+          "compressor": {"class": "HTS", "sparsity": 0.9, "options": {"probes": 10}}}},
+     "pbt/cifar10/resnet18/hts/0.9/seed_0-4a82d12145"),
+    ({"general": {"experiment": "irp"}, "dataset": {"batch_size": 64, "train4val": True},
+      "training": {"num_steps": 3, "optimizer": {"learning_rate": 0.05,
+                                                 "kwargs": {"w_decay": 0.0005, "scheduler": "cosine"}},
+                   "compressor": {"class": "magnitude", "sparsity": 0.98, "warmup": 1, "batch_size": 10},
+                   "irp": {"iterations": 5, "epochs_per_iteration": 3, "final_epochs": 3, "schedule": "geometric"}}},
+     "irp/digits/digits_cnn/magnitude/0.98/seed_0-2dc3e7cfa7"),
+]
+
+
+@pytest.mark.parametrize("config,folder", FROZEN)
+def test_frozen_configs_keep_their_run_folders(config, folder: str) -> None:
+    assert RunSpec.from_dict(config).run_path().as_posix() == folder
+
+
+def test_identity_holds_only_non_default_values_so_new_options_never_move_runs() -> None:
+    base = {"training": {"compressor": {"class": "hts", "sparsity": 0.9}}}
+    explicit = {"general": {"id": "x", "description": "y", "gpu": {"gpu_id": 3}},  # not identity at all
+                "dataset": {"num_workers": 4, "root": "elsewhere", "options": {"test_fraction": 0.2}},  # default
+                "training": {"optimizer": {"kwargs": {"momentum": 0.9}},  # the default momentum
+                             "compressor": {"class": "hts", "sparsity": 0.9, "warmup": 0,
+                                            "options": {"probes": 10, "temperature": 200.0}}}}
+    a, b = RunSpec.from_dict(base), RunSpec.from_dict(explicit)
+    assert a.identity() == b.identity() == {"training": {"compressor": {"class": "hts", "sparsity": 0.9}}}
+    assert a.hash() == b.hash()
+    # a value that differs from its default is part of it, wherever it lives
+    c = RunSpec.from_dict({"training": {"compressor": {"class": "hts", "sparsity": 0.9, "options": {"probes": 4}}}})
+    assert c.identity()["training"]["compressor"]["options"] == {"probes": 4} and c.hash() != a.hash()
+    assert c.group_hash() == RunSpec.from_dict({"general": {"seed": 5}, **c.to_dict()}).group_hash()
+
+
+def test_nondefault_of_a_grown_options_class_is_unchanged() -> None:
+    """What makes identities survive new fields: an options class that gains a defaulted field gives the
+    same non-default dict for the same settings."""
+    from dataclasses import dataclass
+
+    from utils.typed import nondefault, option
+
+    @dataclass
+    class Before:
+        probes: int = option(10, "")
+
+    @dataclass
+    class After(Before):
+        new_knob: float = option(0.5, "")
+
+    assert nondefault(Before(probes=4)) == nondefault(After(probes=4)) == {"probes": 4}
+    assert nondefault(After(probes=4, new_knob=1.0)) == {"probes": 4, "new_knob": 1.0}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from datafiles import write_cifar10
 from helpers import interrupt_after
-from test_datasets_formats import write_cifar10
 from torch import nn
 
 from engine.loop import MaskEnforcer, autocast, evaluate, make_scaler, prepare_model, train_epoch

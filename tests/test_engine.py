@@ -132,9 +132,19 @@ def test_interrupted_run_resumes_to_identical_weights(make_config, tmp_path: Pat
     assert strip(hist_a) == strip(hist_b)
 
 
-def test_kill_dash_nine_then_rerun_ends_with_the_same_weights(make_config, tmp_path: Path) -> None:
+KILL_CASES = {  # 12 training epochs each
+    "pbt": {},
+    "irp": {"general.experiment": "irp", "training.compressor.class": "magnitude",
+            "training.irp": {"iterations": 3, "epochs_per_iteration": 3, "final_epochs": 3, "rewind_epoch": 1}},
+    "pat": {"general.experiment": "pat", "training.num_steps": 6, "training.pat": {"finetune_epochs": 6}},
+    "early": {"general.experiment": "early", "training.early": {"prune_epoch": 2.5}},
+}
+
+
+@pytest.mark.parametrize("experiment", list(KILL_CASES))
+def test_kill_dash_nine_then_rerun_ends_with_the_same_weights(experiment: str, make_config, tmp_path: Path) -> None:
     cfg = make_config(**{"training.num_steps": 12, "model.options": {"width": 16},
-                         "training.optimizer.kwargs.lr_drops": [6]})
+                         "training.optimizer.kwargs.lr_drops": [6], **KILL_CASES[experiment]})
     results = tmp_path / "killed"
     # bit-exact equality needs the same intra-op thread count as this process (tests run single-threaded)
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -158,8 +168,8 @@ def test_kill_dash_nine_then_rerun_ends_with_the_same_weights(make_config, tmp_p
     run_folder = history.parent
     status = json.loads((run_folder / "status.json").read_text())
     assert status["status"] == "running"  # kill -9 leaves no chance to write anything
-    done = load_torch(run_folder / "checkpoint.pt")["epoch"]
-    assert 3 <= done < 12
+    ckpt = load_torch(run_folder / "checkpoint.pt")
+    assert 3 <= ckpt["epoch"] < 12 and ckpt["experiment"] == experiment
     resumed = run_config(cfg, results=results, log=lambda s: None)
     assert resumed.status == "completed"
     reference = run_config(cfg, results=tmp_path / "reference", log=lambda s: None)
@@ -191,3 +201,22 @@ def test_sigterm_marks_the_run_interrupted_and_a_rerun_resumes(make_config, tmp_
     status = json.loads(status_file.read_text())
     assert status["status"] == "interrupted" and "rerun to resume" in status["reason"]
     assert 1 <= load_torch(status_file.parent / "checkpoint.pt")["epoch"] < 40
+
+
+def test_a_foreign_or_old_checkpoint_is_refused_naming_the_file(make_config, tmp_path: Path) -> None:
+    from engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    cfg = make_config(**{"training.num_steps": 3})
+    interrupt_after(cfg, tmp_path, 1)
+    (ckpt_path,) = tmp_path.rglob("checkpoint.pt")
+    torch.save({"epoch": 1, "model": {}}, ckpt_path)  # the unversioned format of earlier versions
+    out = run_config(cfg, results=tmp_path, log=lambda s: None)
+    assert out.status == "failed" and "CheckpointError" in out.reason and str(ckpt_path) in out.reason
+    assert "not a 'pai-checkpoint' file" in out.reason and "--force" in out.reason
+    save_checkpoint(tmp_path / "v.pt", {"stage": 0}, experiment="pbt", run_hash="abc")
+    assert load_checkpoint(tmp_path / "v.pt", experiment="pbt", run_hash="abc")["stage"] == 0
+    with pytest.raises(CheckpointError, match="not by 'irp' for run abc"):
+        load_checkpoint(tmp_path / "v.pt", experiment="irp", run_hash="abc")
+    torch.save({"format": "pai-checkpoint", "version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="version 99, this version reads 1"):
+        load_checkpoint(tmp_path / "future.pt", experiment="pbt", run_hash="abc")

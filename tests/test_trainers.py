@@ -261,3 +261,85 @@ def test_pat_end_to_end(tmp_path: Path) -> None:
         assert torch.count_nonzero(final[n][~m]) == 0
     history = json.loads((run / "history.json").read_text())
     assert history[1]["lr"] == pytest.approx(0.01)  # the fine-tuning restarted with its own rate
+
+
+# ------------------------------------------------------------------ score cache and diagnostics, early
+@pytest.mark.parametrize("experiment", ["irp", "pat"])
+def test_irp_and_pat_record_hutchinson_diagnostics_and_reuse_scores_at_another_sparsity(experiment: str,
+                                                                                         tmp_path: Path) -> None:
+    cfg = copy.deepcopy(IRP)
+    cfg["general"]["experiment"] = experiment
+    cfg["training"]["compressor"].update({"class": "hutch_diag", "options": {"probes": 2, "seed": 1}})
+    cfg["training"]["irp"]["iterations"] = 2
+    cfg["training"]["pat"] = {"finetune_epochs": 1}
+    outs = []
+    for sparsity in (0.9, 0.8):
+        cfg["training"]["compressor"]["sparsity"] = sparsity
+        out = run_config(_write(tmp_path, f"{experiment}{sparsity}", cfg), results=tmp_path / "res",
+                         log=lambda s: None)
+        assert out.status == "completed", out.reason
+        outs.append(json.loads((Path(out.run_dir) / "results.json").read_text()))
+    first, second = outs
+    for res in outs:
+        tensors = res["criterion_diagnostics"]["tensors"]
+        assert res["criterion_diagnostics"]["estimator"] == "hutchinson" and tensors
+        assert all("mean_stderr" in t for t in tensors.values())
+    # the dense network scored first is the same at both sparsities: its scores come from the cache
+    assert first["score_cache_hits"] == 0 and second["score_cache_hits"] >= 1
+    assert second["score_cache_hits"] + second["score_cache_misses"] == (2 if experiment == "irp" else 1)
+
+
+EARLY = {**copy.deepcopy(IRP), "general": {"id": "early", "experiment": "early", "seed": 0,
+                                           "gpu": {"ngpus": 0, "gpu_id": 0}}}
+EARLY["training"] = {**copy.deepcopy(IRP["training"]), "num_steps": 3, "early": {"prune_epoch": 1.5}}
+EARLY["training"]["compressor"] = {"class": "snip", "sparsity": 0.9, "batch_size": 10, "per_class_samples": 3}
+del EARLY["training"]["irp"]
+
+
+def test_early_prunes_inside_an_epoch_and_trains_on_with_the_same_schedule(tmp_path: Path) -> None:
+    out = run_config(_write(tmp_path, "early", EARLY), results=tmp_path / "res", log=lambda s: None)
+    assert out.status == "completed", out.reason
+    run = Path(out.run_dir)
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[0]["density"] == 1.0 and history[1]["density"] == pytest.approx(0.1, abs=1e-3)
+    ckpt = load_torch(run / "checkpoint.pt")
+    assert ckpt["state"]["optimizer"] == {"lr": None, "epochs": 3}  # one optimizer and schedule throughout
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 3 and results["best_val_epoch"] >= 2  # best chosen among pruned epochs
+    mask, final = load_torch(run / "mask.pt"), load_torch(run / "final_model.pt")
+    assert all(torch.count_nonzero(final[n][~m]) == 0 for n, m in mask.items())
+
+
+def test_early_interrupted_right_after_pruning_resumes_inside_the_epoch_bit_exactly(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    cfg = _write(tmp_path, "early", EARLY)
+    reference = run_config(cfg, results=tmp_path / "a", log=lambda s: None)
+    import engine.stages
+
+    original = engine.stages.Prune.run
+
+    def prune_then_stop(self, run) -> None:
+        original(self, run)
+        raise KeyboardInterrupt  # before the checkpoint that follows pruning: resume redoes it
+
+    monkeypatch.setattr(engine.stages.Prune, "run", prune_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_config(cfg, results=tmp_path / "b", log=lambda s: None)
+    folder = Path(reference.run_dir.replace(str(tmp_path / "a"), str(tmp_path / "b")))
+    per_epoch = load_torch(Path(reference.run_dir) / "checkpoint.pt")["state"]["step"] // 3
+    ckpt = load_torch(folder / "checkpoint.pt")  # written after the dense stage, inside epoch 2
+    assert ckpt["stage"] == 1 and ckpt["state"]["step"] == round(1.5 * per_epoch) and ckpt["epoch"] == 1
+    monkeypatch.setattr(engine.stages.Prune, "run", original)
+    resumed = run_config(cfg, results=tmp_path / "b", log=lambda s: None)
+    assert resumed.status == "completed"
+    a, b = load_torch(Path(reference.run_dir) / "final_model.pt"), load_torch(folder / "final_model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((folder / "results.json").read_text())["score_cache"] == "hit"  # the redone scoring
+
+
+def test_early_prune_epoch_must_lie_before_the_end(tmp_path: Path) -> None:
+    cfg = copy.deepcopy(EARLY)
+    cfg["training"]["early"]["prune_epoch"] = 3
+    out = run_config(_write(tmp_path, "late", cfg), results=tmp_path / "res", log=lambda s: None)
+    assert out.status == "failed" and "training.early.prune_epoch" in out.reason and "valid:" in out.reason
