@@ -7,25 +7,13 @@ train / val / test / mask loaders for a run.
 from __future__ import annotations
 
 from data.base import DatasetSource, DataSplits
-from utils.registry import Registry, import_submodules
+from utils.registry import Registry
 
-REGISTRY: Registry[type[DatasetSource]] = Registry("dataset")
+REGISTRY: Registry[type[DatasetSource]] = Registry("dataset", plugins=__name__)
 register = REGISTRY.register
-
-
-def discover() -> list[str]:
-    return import_submodules(__name__, __path__)
-
-
-def get(name: str) -> type[DatasetSource]:
-    discover()
-    return REGISTRY.get(name)
-
-
-def names() -> list[str]:
-    discover()
-    return REGISTRY.names()
-
+discover = REGISTRY.discover
+get = REGISTRY.get
+names = REGISTRY.names
 
 from data.loaders import Loaders, build_loaders, mask_indices  # noqa: E402
 

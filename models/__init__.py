@@ -9,25 +9,14 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from utils.registry import Registry, import_submodules
+from utils.registry import Registry
 
 ModelBuilder = Callable[..., nn.Module]
-REGISTRY: Registry[ModelBuilder] = Registry("model")
+REGISTRY: Registry[ModelBuilder] = Registry("model", plugins=__name__)
 register = REGISTRY.register
-
-
-def discover() -> list[str]:
-    return import_submodules(__name__, __path__)
-
-
-def get(name: str) -> ModelBuilder:
-    discover()
-    return REGISTRY.get(name)
-
-
-def names() -> list[str]:
-    discover()
-    return REGISTRY.names()
+discover = REGISTRY.discover
+get = REGISTRY.get
+names = REGISTRY.names
 
 
 def build(name: str, num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), **options: Any) -> nn.Module:
