@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressors.base import model_device
+from utils.progress import progress
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Tensors = dict[str, torch.Tensor]
@@ -392,8 +393,9 @@ def per_batch_gradients(model: nn.Module, names: Sequence[str], loader: Iterable
     owners = _owners(model, names) if route == "hooks" else None
     if route == "hooks" and owners is None:
         route = "loop"
-    for chunk_idx in chunk_batches([y.shape[0] for _, y in batches], chunk_size, equal_sizes=True,
-                                   max_batches=_max_batches(targets)):
+    chunks = chunk_batches([y.shape[0] for _, y in batches], chunk_size, equal_sizes=True,
+                           max_batches=_max_batches(targets))
+    for chunk_idx in progress(chunks, desc="per-batch gradients", unit="chunk"):
         chunk = [batches[b] for b in chunk_idx]
         if route == "hooks":
             try:
@@ -570,8 +572,8 @@ def hutchinson_diagonal(model: nn.Module, names: Sequence[str], loader: Iterable
 
         per_batch = vmap(vmap(g_and_hz, in_dims=(None, None, 0)), in_dims=(0, 0, 0))
         sizes = [y.shape[0] for _, y in batches]
-        for chunk_idx in chunk_batches(sizes, chunk_size, equal_sizes=True,
-                                       max_batches=_max_batches(targets, 4 * probes)):
+        chunks = chunk_batches(sizes, chunk_size, equal_sizes=True, max_batches=_max_batches(targets, 4 * probes))
+        for chunk_idx in progress(chunks, desc=f"Hutchinson, {probes} probes per batch", unit="chunk"):
             nb = len(chunk_idx)
             zflat = stream.draw(nb * probes).reshape(nb, probes, stream.total)
             zs = stream.split(zflat)
@@ -581,7 +583,7 @@ def hutchinson_diagonal(model: nn.Module, names: Sequence[str], loader: Iterable
             accumulate([z.flatten(0, 1) for z in zs], [hz[n].flatten(0, 1) for n in names])
             torch._foreach_add_(gsum, [g[n][:, 0].detach().sum(0) for n in names])
     else:
-        for x, y in batches:
+        for x, y in progress(batches, desc=f"Hutchinson, {probes} probes per batch", unit="batch"):
             loss = _chunk_loss(model, [(x, y)], loss_fn, temperature)
             grads = _grads(loss, targets, create_graph=True)
             torch._foreach_add_(gsum, [gb.detach() for gb in grads])

@@ -13,6 +13,7 @@ from compressors.base import Compressor, ScoreMap, Scores
 from compressors.estimators import flat_views
 from compressors.masks import kept_count, sparsity_schedule, topk_mask
 from compressors.options import SynFlowOptions
+from utils.progress import progress
 
 
 def synflow_input_shape(mask_loader: Iterable | None) -> tuple[int, ...]:
@@ -106,7 +107,8 @@ class SynFlow(Compressor):
         scores = dict(zip(names, flat_views(flat_scores, shapes)))
         schedule = sparsity_schedule(sparsity, self.options.rounds)  # round k keeps d^(k/n)
         state = positive_state(model, dtype)
-        for k, round_sparsity in enumerate(schedule, 1):
+        for k, round_sparsity in progress(enumerate(schedule, 1), desc="SynFlow rounds", total=len(schedule),
+                                          unit="round"):
             _, ok = synflow_scores(model, names, masks, shape, dtype, state, out=scores)
             if not (ok and bool(torch.isfinite(flat_scores.max()))):  # scores >= 0: max is inf/NaN if any is
                 return scores, False

@@ -61,10 +61,14 @@ def execute(spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = pr
         where = stages[run.state.stage].describe() if run.state.stage < len(stages) else "the end"
         log(f"  resuming at stage {run.state.stage + 1}/{len(stages)} ({where}), after {run.state.step} "
             f"training steps")
-    while run.state.stage < len(stages):
-        stage = stages[run.state.stage]
-        stage.run(run)
-        run.state.stage += 1
-        if stage.checkpoint_after:
-            run.checkpoint()
-    return run.finish(experiment.results(run))
+    run.start_trackers()
+    try:
+        while run.state.stage < len(stages):
+            stage = stages[run.state.stage]
+            stage.run(run)
+            run.state.stage += 1
+            if stage.checkpoint_after:
+                run.checkpoint()
+        return run.finish(experiment.results(run))
+    finally:
+        run.close_trackers()

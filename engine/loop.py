@@ -11,8 +11,8 @@ from typing import Any, Callable, ContextManager, Iterable, Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from utils.progress import progress
 from utils.threads import single_thread_on_cpu
 
 
@@ -114,7 +114,8 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimize
     ``amp`` autocasts the forward pass (bf16 / fp16); with a ``scaler`` (fp16) the loss is scaled, the
     gradients are unscaled before clipping and steps with inf/NaN gradients are skipped by the scaler.
     The mask is applied to the gradients before the step and to the weights after it, so pruned weights
-    stay exactly zero.  A tqdm bar shows loss, accuracy and images/s; on CUDA the host synchronises with
+    stay exactly zero.  A progress bar (a line every 30 s off a terminal: :mod:`utils.progress`) shows
+    loss, accuracy, images/s and the ETA; on CUDA the host synchronises with
     the device only when the bar refreshes (about once a second) and at the end of the epoch.
     """
     model.train()
@@ -124,7 +125,7 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimize
     sync_every_step = device.type != "cuda"
     seen = 0
     tic = last = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, mininterval=1.0, disable=None, total=total)
+    bar = progress(loader, desc=desc, total=total, unit="batch")
 
     def check_finite() -> None:
         if bool(nonfinite):
@@ -216,7 +217,7 @@ def bn_warmup(model: nn.Module, loader: Iterable, passes: int, device: torch.dev
     modes = {m: m.training for m in model.modules()}
     model.train()
     for p in range(passes):
-        for x, _ in tqdm(loader, desc=f"BN warmup {p + 1}/{passes}", leave=False, dynamic_ncols=True, disable=None):
+        for x, _ in progress(loader, desc=f"BN warmup {p + 1}/{passes}", unit="batch"):
             model(x.to(device, non_blocking=True))
     for m, mode in modes.items():
         m.training = mode

@@ -24,6 +24,7 @@ import compressors
 from compressors.cache import score_with_cache
 from engine.checkpoint import load_checkpoint, save_checkpoint
 from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
+from engine.trackers import Tracker, flat_scalars, open_trackers
 from spec import RunSpec
 from spec.folder import Files, PruningRecord, RunFolder, RunResults
 from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
@@ -66,6 +67,19 @@ def better(metric: str, new: float, best: float | None) -> bool:
     return best is None or (new < best if metric == "loss" else new > best)
 
 
+class Capped:
+    """The first ``limit`` batches of every pass over ``loader``."""
+
+    def __init__(self, loader: Any, limit: int) -> None:
+        self.loader, self.limit = loader, limit
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.limit)
+
+    def __len__(self) -> int:
+        return min(len(self.loader), self.limit)
+
+
 class Run:
     """The live objects of one run (see the module docstring)."""
 
@@ -77,6 +91,7 @@ class Run:
         self.state = RunState()
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
+        self.trackers: list[Tracker] = []
 
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -99,9 +114,28 @@ class Run:
                                            include_biases=comp.prune_biases)
         params = dict(self.model.named_parameters())
         self.set_masks({n: torch.ones_like(params[n]) for n in names})
-        self.steps_per_epoch = len(self.loaders.train)
+        self.steps_per_epoch = min(len(self.loaders.train), tr.max_batches or len(self.loaders.train))
         if self.steps_per_epoch < 1:
             raise ValueError(f"dataset '{self.cfg.dataset.name}': the training set yields no batch")
+
+    def hparams(self) -> dict[str, Any]:
+        """The run's settings for trackers: the main choices and every non-default value (flattened)."""
+        cfg, comp = self.cfg, self.cfg.training.compressor
+        main = {"experiment": cfg.general.experiment, "dataset": cfg.dataset.name, "model": cfg.model.name,
+                "criterion": comp.name, "sparsity": comp.sparsity, "mask": comp.mask, "seed": cfg.general.seed}
+        return {**flat_scalars(self.spec.identity()), **main}
+
+    def start_trackers(self) -> None:
+        """Open ``general.trackers`` (after a resume: dropping what was logged past the checkpoint)."""
+        root = self.folder.cache_dir.parent if self.folder.cache_dir is not None else self.folder.path
+        self.trackers = open_trackers(self.cfg.general.trackers, self.folder.path, store=root / "mlruns",
+                                      first_epoch=len(self.state.history), name=self.cfg.general.id or self.spec.hash(),
+                                      run_id=self.spec.hash(), config=self.spec.to_dict(), hparams=self.hparams())
+
+    def close_trackers(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     # ---------------------------------------------------------------------- masks, optimizer
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
@@ -110,6 +144,15 @@ class Run:
         pruned = self.criterion.prunes and any(not bool(m.all()) for m in self.masks.values())
         self.enforcer = MaskEnforcer(self.model, self.masks if pruned else {})
         self.enforcer.apply_to_weights()
+
+    def capped(self, loader: Any) -> Any:
+        """``loader``, or its first ``training.max_batches`` batches in every pass (smoke runs)."""
+        cap = self.cfg.training.max_batches
+        return loader if cap is None else Capped(loader, cap)
+
+    def evaluate(self, loader: Any, model: torch.nn.Module | None = None, **options: Any) -> dict[str, float]:
+        return evaluate(model or self.train_model, self.capped(loader), self.loss_fn, self.device, self.num_classes,
+                        **options)
 
     def density(self) -> float:
         return 1.0 - compressors.global_sparsity(self.masks)
@@ -125,6 +168,8 @@ class Run:
         """Score the masked weights with the run's criterion through the score cache; the times, cache use
         and diagnostics go into the pruning record."""
         pruning = self.state.pruning
+        self.log(f"  scoring {sum(m.numel() for m in self.masks.values()):,} weights with {self.criterion.name} on "
+                 f"{len(self.loaders.mask_indices)} mask samples ({len(self.loaders.mask)} batches)")
         seed_everything(derive_seed(self.cfg.general.seed, *seed_parts))
         tic = time.perf_counter()
         scores, info = score_with_cache(
@@ -146,13 +191,18 @@ class Run:
         self.loaders.set_epoch(epoch, start_batch=offset)
         batches = itertools.islice(self.loaders.train, count)
         stats = train_epoch(self.train_model, batches, self.loss_fn, self.optimizer, self.device, self.enforcer,
-                            self.cfg.training.grad_clip, desc=f"epoch {epoch + 1}", scaler=self.scaler,
-                            total=count, **self.loop_options)
+                            self.cfg.training.grad_clip, desc=f"epoch {epoch + 1}/{self.last_epoch()}",
+                            scaler=self.scaler, total=count, **self.loop_options)
         partial["loss"] += stats.loss * stats.samples
         partial["correct"] += stats.acc * stats.samples
         partial["samples"] += stats.samples
         partial["seconds"] += stats.seconds
         self.state.step += count
+
+    def last_epoch(self) -> int:
+        """The epoch the current Train stage ends in."""
+        end = self.state.train["end"] if self.state.train else self.state.step
+        return -(-end // self.steps_per_epoch)
 
     def end_epoch(self, epoch: int, *, validate: bool, track_best: bool, label: Any = None) -> None:
         """After the last batch of data epoch ``epoch``: schedule step, validation, history row,
@@ -167,13 +217,14 @@ class Run:
         st.partial = {}
         metric = self.cfg.validation.metric
         if validate:
-            val = evaluate(self.train_model, self.loaders.val, self.loss_fn, self.device, self.num_classes,
-                           **self.loop_options)
+            val = self.evaluate(self.loaders.val, **self.loop_options)
             row.update({f"val_{k}": v for k, v in val.items()})
             if track_best and better(metric, val[metric], st.best_metric):
                 st.best_metric, st.best_epoch = val[metric], epoch + 1
                 st.best_model = state_to_cpu(self.model.state_dict())
         st.history.append(row)
+        for tracker in self.trackers:
+            tracker.epoch(epoch + 1, row, compressors.density(self.masks))
         self.checkpoint()
         self.folder.write_rows(Files.HISTORY, Files.HISTORY_CSV, st.history)
         val_txt = f" val_{metric} {row[f'val_{metric}']:.4f}" if f"val_{metric}" in row else ""
@@ -183,8 +234,7 @@ class Run:
             self.on_epoch_end(epoch + 1, row)
 
     def test(self) -> dict[str, float]:
-        return evaluate(self.train_model, self.loaders.test, self.loss_fn, self.device, self.num_classes,
-                        **self.loop_options)
+        return self.evaluate(self.loaders.test, **self.loop_options)
 
     def record(self, row: dict[str, Any]) -> None:
         """Append an experiment record (``iterations.json`` / ``.csv``)."""
@@ -225,12 +275,12 @@ class Run:
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Test the final and the best-validation model; write mask, final model and ``results.json``."""
         st = self.state
-        test = evaluate(self.model, self.loaders.test, self.loss_fn, self.device, self.num_classes)
+        test = self.evaluate(self.loaders.test, self.model)
         final_state = copy.deepcopy(self.model.state_dict())
         best = dict(test)
         if st.best_model is not None:
             self.model.load_state_dict(st.best_model)
-            best = evaluate(self.model, self.loaders.test, self.loss_fn, self.device, self.num_classes)
+            best = self.evaluate(self.loaders.test, self.model)
             self.model.load_state_dict(final_state)
         self.folder.save_mask(self.masks)
         self.folder.save_torch(Files.FINAL_MODEL, state_to_cpu(final_state))
@@ -242,4 +292,6 @@ class Run:
                              epoch_seconds=[row["epoch_seconds"] for row in st.history],
                              pruning=PruningRecord(**st.pruning), extra=extra).to_json()
         self.folder.write(Files.RESULTS, results)
+        for tracker in self.trackers:
+            tracker.finish(self.hparams(), results)
         return results

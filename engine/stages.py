@@ -43,7 +43,7 @@ class Warmup(Stage):
         tic = time.perf_counter()
         if passes > 0:
             run.loaders.set_epoch(-1)
-            bn_warmup(run.model, run.loaders.train, passes, run.device)
+            bn_warmup(run.model, run.capped(run.loaders.train), passes, run.device)
         run.state.pruning["warmup_seconds"] += time.perf_counter() - tic
 
 

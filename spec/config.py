@@ -22,6 +22,10 @@ class GPUConfig:
     gpu_id: int = option(0, "CUDA device index used when ngpus >= 1", min=0)
 
 
+# the package each tracker of general.trackers needs
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
 @dataclass
 class GeneralConfig:
     id: str = option("", "experiment name shown in summaries (default: the config file's name)", identity=False)
@@ -32,6 +36,10 @@ class GeneralConfig:
     gpu: GPUConfig = option(factory=GPUConfig, help="device selection", identity=False)
     description: str = option("", "free text, not used", identity=False)
     deterministic: bool = option(False, "torch.use_deterministic_algorithms(True) (slower on GPU)")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = option(
+        factory=lambda: ["tensorboard"], identity=False,
+        help="experiment trackers fed every epoch: TensorBoard event files in the run folder (default); 'wandb' "
+             "(offline mode, in the run folder) and 'mlflow' (file store <results>/mlruns) need their packages")
 
 
 @dataclass
@@ -123,6 +131,9 @@ class TrainingConfig:
         "none", "mixed precision: autocast to bfloat16 or float16 (fp16 with a gradient scaler, checkpointed); "
                 "on a CPU both run through CPU autocast (correct, usually not faster)")
     channels_last: bool = option(False, "channels_last memory format for the model and its inputs")
+    max_batches: Optional[int] = option(None, "smoke runs: cap every pass over a loader (training epochs, BN "
+                                              "warmup, validation, test) at this many batches; null: whole passes",
+                                        min=1)
     compile: bool = option(False, "torch.compile the model for training and evaluation (CUDA only; ignored with "
                                   "a notice on the CPU)")
     criterion: LossConfig = option(factory=LossConfig, help="training loss")

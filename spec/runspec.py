@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch import nn
 import compressors
 import data
 import models
-from spec.config import ExperimentConfig, parse_config, read_json
+from spec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_json
 from spec.folder import RunFolder
 from spec.training import build_optimizer, build_scheduler
 from utils.naming import slug
@@ -312,6 +313,10 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
         comp.options = to_dict(comp_opts) if comp_opts is not None else comp.options
         if not comp_cls.prunes:
             comp.sparsity = 0.0  # the dense baseline ignores the (template) sparsity
+    for i, tracker in enumerate(out.general.trackers):
+        if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
+            problems.append(Problem(f"general.trackers[{i}]", f"'{tracker}' needs the {TRACKER_PACKAGES[tracker]} "
+                                    f"package (pip install {TRACKER_PACKAGES[tracker]}), or leave it out"))
     if exp_cls is not None and exp_opts is not None and hasattr(exp_cls, "check_config"):
         exp_cls.check_config(out, exp_opts, problems)
     return RunSpec(out, exp_cls, exp_opts, ds_opts, comp_opts, file)
