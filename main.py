@@ -1,7 +1,8 @@
 """Command line of the PaI framework.
 
-    python main.py run PATH [PATH ...] [--recursive] [--results DIR] [--force]
-    python main.py validate PATH [PATH ...] [--recursive]
+    python main.py run PATH [PATH ...] [--recursive] [--results DIR] [--force] [--launcher local|slurm ...]
+    python main.py status RESULTS [--sweep DIR]   # completed / running / failed / missing, ETA
+    python main.py validate PATH [PATH ...] [--recursive] [--data] [--allow-module MODULE]
     python main.py list                          # registered datasets, models, criteria, experiments
     python main.py sweep BASE.json --set PATH=V1,V2 [...] --out DIR [--with-dense] [--overwrite]
     python main.py report RESULTS_DIR [--out reports/NAME] [--metric M] [--sweep DIR] [--sparsity S]
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -31,21 +33,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not files:
         print("no *.json config files found in " + ", ".join(args.paths), file=sys.stderr)
         return 2
-    bad = 0
+    bad, seen = 0, {}
     for f in files:
         try:
-            RunSpec.load(f, build=True)
-            print(f"OK       {f}")
+            spec = RunSpec.load(f, build=True)
+            problems = spec.data_problems(seen) if args.data else []
         except ConfigError as exc:
-            bad += 1
-            print(f"INVALID  {f}")
-            for p in exc.problems:
-                print(f"  - {p}")
+            problems = exc.problems
+        except Exception as exc:  # noqa: BLE001 - one unreadable file never stops the others
+            problems = [f"{f}: cannot be checked: {type(exc).__name__}: {exc}"]
+        print(f"{'INVALID ' if problems else 'OK      '} {f}")
+        for p in problems:
+            print(f"  - {p}")
+        bad += bool(problems)
     print(f"{len(files) - bad} valid, {bad} invalid")
     return 1 if bad else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if int(os.environ.get("RANK", 0)) > 0:  # the other ranks of a torchrun: rank 0 prints for the run
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     from launch.runner import collect_configs, run_batch, summary_table
     from spec.config import parse_config, read_json
     from utils.typed import ConfigError
@@ -65,7 +72,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"{f}: general.experiment is '{exp}' but --experiment {args.experiment} was given",
                       file=sys.stderr)
                 return 2
-    outcomes = run_batch(files, results=args.results, force=args.force, recursive=args.recursive)
+    if args.launcher == "slurm":
+        return _submit_slurm(files, args)
+    if args.launcher == "local":
+        from launch.submit import launch_local, plan
+
+        todo = plan(files, args.results, args.force)
+        if todo.problems:
+            return _plan_problems(todo.problems)
+        outcomes = launch_local(todo.todo, args.results, workers=args.workers, gpus=args.gpus)
+    else:
+        outcomes = run_batch(files, results=args.results, force=args.force, restart=args.restart,
+                             recursive=args.recursive)
     print()
     print(summary_table(outcomes))
     failed = sum(o.status == "failed" for o in outcomes)
@@ -78,6 +96,73 @@ def cmd_run(args: argparse.Namespace) -> int:
     if interrupted:
         return 130
     return 1 if failed else 0
+
+
+def _plan_problems(problems: list[str]) -> int:
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+    print(f"{len(problems)} problem(s) in the configs: nothing was submitted", file=sys.stderr)
+    return 2
+
+
+def _submit_slurm(files: list[Path], args: argparse.Namespace) -> int:
+    from launch.submit import SlurmOptions, launch_slurm, plan
+
+    todo = plan(files, args.results, args.force)
+    if todo.problems:
+        return _plan_problems(todo.problems)
+    print(f"{len(todo.completed)} completed runs are not submitted again")
+    if not todo.todo:
+        return 0
+    extra = dict(kv.split("=", 1) for kv in args.slurm or [])
+    launch_slurm(todo.todo, args.results, SlurmOptions(
+        partition=args.partition, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run, mem=args.mem,
+        time=args.time, max_parallel=args.max_parallel, runs_per_task=args.runs_per_task,
+        ranks_per_run=args.ranks_per_run, extra=extra))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from launch.status import collect, render
+
+    if not Path(args.results).is_dir():
+        print(f"{args.results}: no such results folder", file=sys.stderr)
+        return 2
+    print(render(collect(args.results, args.sweep)))
+    return 0
+
+
+def _key_value(text: str) -> str:
+    if "=" not in text or text.startswith("="):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (an sbatch option without its dashes), got {text!r}")
+    return text
+
+
+def _gpu_list(text: str) -> list[int]:
+    try:
+        return [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices such as 0,1,2,3, got {text!r}") from None
+
+
+def _add_launch_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
+                     help="inline: this process (default); local: worker processes (--workers); slurm: a job array")
+    run.add_argument("--workers", type=int, default=1, help="local: runs at a time (default 1)")
+    run.add_argument("--gpus", type=_gpu_list, default=None, help="local: GPUs for the workers, one each in turn "
+                                                                   "(default: every visible GPU)")
+    slurm = run.add_argument_group("slurm (with --launcher slurm)")
+    slurm.add_argument("--partition", default=None, help="Slurm partition")
+    slurm.add_argument("--gpus-per-run", type=int, default=0, help="GPUs per task (default 0)")
+    slurm.add_argument("--cpus-per-run", type=int, default=1, help="CPUs per task; also its thread count (default 1)")
+    slurm.add_argument("--mem", default=None, help="memory per task, e.g. 32G")
+    slurm.add_argument("--time", default="4:00:00", help="time limit per task, [D-]HH:MM:SS (default 4:00:00)")
+    slurm.add_argument("--max-parallel", type=int, default=64, help="tasks of the array running at once (default 64)")
+    slurm.add_argument("--runs-per-task", type=int, default=1, help="configs run one after another per task")
+    slurm.add_argument("--ranks-per-run", type=int, default=None,
+                       help="processes per run (DistributedDataParallel; default: one per GPU of --gpus-per-run)")
+    slurm.add_argument("--slurm", action="append", type=_key_value, metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --slurm account=lab --slurm qos=high (repeatable)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -129,6 +214,21 @@ def cmd_autos_train(args: argparse.Namespace) -> int:
     return autos_train(args)
 
 
+def add_allow_module(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-module", action="append", default=[], metavar="MODULE",
+                        help="let 'MODULE.sub:Class' names in configs import from MODULE (repeatable; also "
+                             "$PAI_ALLOW_MODULES=a,b); other modules are never imported")
+
+
+def allow_modules(args: argparse.Namespace) -> None:
+    """``--allow-module`` goes into ``$PAI_ALLOW_MODULES``, which the registries read (worker processes too)."""
+    from utils.registry import ALLOW_ENV
+
+    given = [m for m in getattr(args, "allow_module", []) if m]
+    if given:
+        os.environ[ALLOW_ENV] = ",".join(filter(None, [os.environ.get(ALLOW_ENV, ""), *given]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="main.py", description="Pruning at initialization experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,10 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--recursive", action="store_true", help="include *.json in subfolders")
     run.add_argument("--results", default=None, help="results root (default: general.output_dir or ./results)")
     run.add_argument("--force", action="store_true", help="rerun completed runs too")
+    add_allow_module(run)
+    run.add_argument("--restart", action="store_true",
+                     help="start failed and interrupted runs over instead of resuming them from their checkpoint")
+    _add_launch_arguments(run)
     run.set_defaults(func=cmd_run, experiment=None)
+    sts = sub.add_parser("status", help="where the runs of a results folder (or a sweep) stand")
+    sts.add_argument("results", help="results root")
+    sts.add_argument("--sweep", default=None, help="sweep folder of configs: count its runs, list the missing ones")
+    sts.set_defaults(func=cmd_status)
     val = sub.add_parser("validate", help="check configs without training")
     val.add_argument("paths", nargs="+")
     val.add_argument("--recursive", action="store_true")
+    add_allow_module(val)
+    val.add_argument("--data", action="store_true",
+                     help="also check that each dataset is present (read from disk, never downloaded)")
     val.set_defaults(func=cmd_validate)
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("--fields", action="store_true", help="print every config field as a Markdown table")
@@ -155,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add the dense baseline (class none) once per combination of the non-compressor axes")
     swp.add_argument("--overwrite", action="store_true", help="replace existing files whose content differs")
     swp.add_argument("--dry-run", action="store_true", help="validate and list, write nothing")
+    add_allow_module(swp)
     swp.set_defaults(func=cmd_sweep)
     rep = sub.add_parser("report", help="tables and figures from a results folder (never trains)")
     rep.add_argument("results", help="results root (as given to run --results)")
@@ -181,6 +293,9 @@ def official_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recursive", action="store_true")
     parser.add_argument("--results", default=None)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--restart", action="store_true")
+    add_allow_module(parser)
+    _add_launch_arguments(parser)
     return parser
 
 
@@ -189,12 +304,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         args = official_parser().parse_args(argv)
         args.paths = [args.params_path]
+        allow_modules(args)
         try:
             return cmd_run(args)
         except FileNotFoundError as exc:
             print(exc, file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    allow_modules(args)
     try:
         return args.func(args)
     except FileNotFoundError as exc:

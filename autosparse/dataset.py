@@ -3,7 +3,7 @@
 A plain ``torch.save`` of built-in containers and tensors, so ``torch.load(path, weights_only=True)``
 reads it::
 
-    {"format": "autosparse-dataset", "version": 1,
+    {"format": "autosparse-dataset", "version": 2,
      "iterations": N,                 # surviving scores lie in 0..N
      "schedule": "geometric",         # IRP density schedule
      "target_sparsity": 0.9, "criterion": "magnitude", "model": "digits_cnn", "dataset": "digits",
@@ -15,7 +15,9 @@ reads it::
                   "score": int16 tensor},       # surviving score, 0..N
                  ...]}
 
-All three tensors of an entry have the entry's ``shape``.
+All three tensors of an entry have the entry's ``shape``.  The file carries a digest of its content
+(:func:`utils.io.save_torch`): a damaged file is refused, naming it; version 1 files (written before
+digests) are still read, with a warning that they cannot be checked.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from utils.io import save_torch
+from utils.io import IntegrityError, check_undigested, read_torch, save_torch
 
 FORMAT = "autosparse-dataset"
-VERSION = 1
+VERSION = 2  # 2: the file carries its content digest; 1 (no digest) is still read
 
 
 class DatasetFormatError(ValueError):
@@ -65,20 +67,21 @@ def load_dataset(path: str | Path) -> dict[str, Any]:
         raise DatasetFormatError(f"{path}: no such AutoSparse dataset (expected autos_dataset.pt written by an "
                                  "irp run)")
     try:
-        ds = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise DatasetFormatError(f"{path}: not a readable torch file ({type(exc).__name__}: {exc})") from None
+        ds, missing = read_torch(path)
+    except IntegrityError as exc:
+        raise DatasetFormatError(f"{path}: not a readable torch file ({exc.reason})") from None
     problems = _problems(ds)
     if problems:
         raise DatasetFormatError(f"{path}: not an AutoSparse dataset ({FORMAT!r} version {VERSION}): "
                                  + "; ".join(problems))
+    check_undigested(missing, ds["version"], VERSION, str(path), DatasetFormatError)
     return ds
 
 
 def _problems(ds: Any) -> list[str]:
     if not isinstance(ds, dict):
         return [f"expected a dict, got {type(ds).__name__}"]
-    if ds.get("format") != FORMAT or ds.get("version") != VERSION:
+    if ds.get("format") != FORMAT or ds.get("version") not in (1, VERSION):
         return [f"format/version is {ds.get('format')!r}/{ds.get('version')!r}"]
     iterations = ds.get("iterations")
     if not isinstance(iterations, int) or iterations < 1:

@@ -3,12 +3,15 @@
 File (``torch.save`` of built-in containers and tensors only, so ``torch.load(path, weights_only=True)``
 reads it and no class is unpickled)::
 
-    {"format": "autosparse-predictor", "version": 1,
+    {"format": "autosparse-predictor", "version": 2,
      "state_dict": {"0.weight": ..., "0.bias": ..., ...},   # nn.Sequential(Linear, ReLU, ..., Linear)
      "settings": {"inputs": 2, "feature_names": ["theta0", "grad0"],
                   "features": "standardized" | "raw", "hidden": [64, 64], "activation": "relu",
                   "target": "surviving score / iterations"},
      "training": {...}}   # datasets, hyper-parameters, seed, hold-out metrics (informational)
+
+The file carries a digest of its content (:func:`utils.io.save_torch`): a damaged file is refused, naming
+it.  Version 1 files (written before digests) are still read, with a warning that they cannot be checked.
 
 The network predicts the surviving score scaled to [0, 1] (AutoSparse, arXiv 2408.14757); as a
 pruning criterion only its order matters (higher = keep).
@@ -23,10 +26,10 @@ import torch
 from torch import nn
 
 from autosparse.features import FEATURE_MODES, FEATURE_NAMES, feature_rows, feature_stats
-from utils.io import save_torch
+from utils.io import IntegrityError, check_undigested, read_torch, save_torch
 
 FORMAT = "autosparse-predictor"
-VERSION = 1
+VERSION = 2  # 2: the file carries its content digest; 1 (no digest) is still read
 EXPECTED = (f"a predictor file written by `python main.py autos-train` (a dict with format {FORMAT!r}, "
             f"version {VERSION}, 'state_dict' and 'settings')")
 
@@ -67,16 +70,17 @@ def load_predictor(path: str | Path) -> tuple[nn.Sequential, dict[str, Any]]:
     if not path.is_file():
         raise PredictorError(f"autosparse predictor {str(path)!r}: no such file; expected {EXPECTED}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise PredictorError(f"autosparse predictor {str(path)!r}: cannot be read ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}); expected {EXPECTED}") from None
+        blob, missing = read_torch(path)
+    except IntegrityError as exc:
+        raise PredictorError(f"autosparse predictor {str(path)!r}: cannot be read ({exc.reason}); expected "
+                             f"{EXPECTED}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         got = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         raise PredictorError(f"autosparse predictor {str(path)!r}: format is {got!r}; expected {EXPECTED}")
-    if blob.get("version") != VERSION:
+    if blob.get("version") not in (1, VERSION):
         raise PredictorError(f"autosparse predictor {str(path)!r}: version {blob.get('version')!r} is not "
                              f"supported; expected version {VERSION}")
+    check_undigested(missing, blob.get("version"), VERSION, f"autosparse predictor {str(path)!r}", PredictorError)
     settings = blob.get("settings")
     if (not isinstance(settings, dict) or settings.get("feature_names") != list(FEATURE_NAMES)
             or settings.get("features") not in FEATURE_MODES or settings.get("inputs") != len(FEATURE_NAMES)

@@ -246,6 +246,10 @@ def split(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Batches:
     return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
+HUTCHINSON = ("hutch_diag", "hutch_pruning", "hts")
+NAIVE = ("grad_norm", "snip", "grasp", "fisher_diag", "fisher_pruner", "fts", *HUTCHINSON, "synflow")
+
+
 def reference_scores(name: str, model: nn.Module, names: list[str], data: Batches, probes: int, rounds: int,
                      shape: tuple[int, ...], draw: Callable = per_tensor_probes) -> dict:
     """The naive loop's scores for one criterion (model restored afterwards)."""
@@ -266,15 +270,20 @@ def reference_scores(name: str, model: nn.Module, names: list[str], data: Batche
         if name == "fisher_diag":
             _, sq = naive_grads(model, names, data, mean=False)
             return {n: sq[n] / B for n in names}
+        if name == "fisher_pruner":
+            _, sq = naive_grads(model, names, data, mean=False)
+            return {n: 0.5 * th[n] ** 2 * sq[n] / B for n in names}
         if name == "fts":
             s, sq = naive_grads(model, names, data)
             return {n: (th[n] * s[n] / B + 0.5 * th[n] ** 2 * sq[n] / B).abs() for n in names}
         if name == "grasp":
             return naive_grasp(model, names, data)
-        if name in ("hutch_diag", "hts"):
+        if name in HUTCHINSON:
             d, g = naive_hutchinson(model, names, data, probes, seed=0, draw=draw, mean_grad=name == "hts")
             if name == "hutch_diag":
                 return d
+            if name == "hutch_pruning":
+                return {n: 0.5 * th[n] ** 2 * d[n] for n in names}
             return {n: (th[n] * g[n] + 0.5 * th[n] ** 2 * d[n]).abs() for n in names}
         if name == "synflow":
             return naive_synflow(model, names, shape, 0.9, rounds)
@@ -289,16 +298,16 @@ def main_table(model: nn.Module, batches: Batches, shape: tuple[int, ...], crite
     # warm-up (not timed): PyTorch initialises kernels and allocators lazily on the first passes
     compressors.build("snip").score(model, batches, LOSS)
     for name in criteria:
-        data = batches[:hutch_samples] if name in ("hutch_diag", "hts") else batches
+        data = batches[:hutch_samples] if name in HUTCHINSON else batches
         opts: dict[str, Any] = {}
-        if name in ("hutch_diag", "hts"):
+        if name in HUTCHINSON:
             opts = {"probes": probes, "seed": 0}
         elif name == "synflow":
             opts = {"rounds": rounds}
         crit = compressors.build(name, **opts)
         t_ours = t_ref = math.inf
         m_ours = m_ref = 0.0
-        for _ in range(hutch_repeats if name in ("hutch_diag", "hts") else repeats):  # interleaved
+        for _ in range(hutch_repeats if name in HUTCHINSON else repeats):  # interleaved
             ours, t, m = measure(lambda: crit.score(model, data, LOSS, sparsity=0.9), device)  # noqa: B023
             t_ours, m_ours = min(t_ours, t), max(m_ours, m)
             ref, t, m = measure(  # the lambdas are called at once, inside this iteration
@@ -308,7 +317,7 @@ def main_table(model: nn.Module, batches: Batches, shape: tuple[int, ...], crite
             a, b = compressors.select(ours, 0.9), compressors.select(ref, 0.9)
             agree = sum(float((a[n] == b[n]).float().sum()) for n in names) / sum(a[n].numel() for n in names)
             dev = f"mask agree {agree:.4f}"
-        elif name in ("hutch_diag", "hts"):  # the same probes on both sides, on 2 samples (not timed)
+        elif name in HUTCHINSON:  # the same probes on both sides, on 2 samples (not timed)
             few = data[:2]
             mine = compressors.build(name, **opts).score(model, few, LOSS)
             same = reference_scores(name, model, names, few, probes, rounds, shape, stream_probes)

@@ -17,6 +17,8 @@ from typing import Any
 
 from compressors.base import Compressor, ScoreMap, Scores, classifier_name, prunable_names
 from compressors.masks import (
+    check_masks,
+    check_scores,
     collapsed_layers,
     density,
     global_sparsity,
@@ -50,5 +52,5 @@ def build(name: str, **options: Any) -> Compressor:
 __all__ = [
     "Compressor", "ScoreMap", "Scores", "REGISTRY", "register", "build", "get", "names", "discover", "select",
     "prunable_names", "classifier_name", "kept_count", "density", "global_sparsity", "collapsed_layers",
-    "mask_summary", "select_remaining", "sparsity_schedule",
+    "mask_summary", "select_remaining", "sparsity_schedule", "check_masks", "check_scores",
 ]

@@ -9,6 +9,7 @@ import torch
 
 from compressors import register
 from compressors.base import Compressor, Scores
+from utils.seeding import MAX_SEED
 from utils.typed import option
 
 
@@ -27,7 +28,7 @@ class NoPruning(Compressor):
 @dataclass
 class SeedOptions:
     seed: Optional[int] = option(None, "the estimator's own seed (default: drawn from torch's global RNG, "
-                                       "which the trainer seeds from the run seed)", min=0)
+                                       "which the trainer seeds from the run seed)", min=0, max=MAX_SEED)
 
 
 def estimator_generator(seed: int | None, device: torch.device) -> torch.Generator:

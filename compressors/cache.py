@@ -7,8 +7,10 @@ names, the mask data (sample indices and the batches' actual tensors, hence also
 and the dataset), the loss function's settings, the criterion's registered name and resolved options,
 the device type, and -- for criteria whose scores depend on it -- the target sparsity (iterative
 criteria) or the global RNG state at scoring time (stochastic criteria without an explicit ``seed``).
-An entry whose stored key, names or shapes do not match, or that cannot be read, is ignored and
-recomputed; entries are written atomically (``utils.io.save_torch``).
+An entry whose stored key, names or shapes do not match, whose content digest does not (a damaged file,
+see :func:`utils.io.load_torch`), or that cannot be read, is ignored and recomputed (with a warning
+naming the file); entries are written atomically (``utils.io.save_torch``).  Scores are checked to be
+finite (:func:`compressors.masks.check_scores`) before they are cached or used.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 from torch import nn
 
 from compressors.base import Compressor, ScoreMap, Scores
-from utils.io import load_torch, save_torch
+from compressors.masks import check_scores
+from utils.io import IntegrityError, load_torch, save_torch
 
 # Bump when a criterion gives other values for the same inputs, so older entries are never used:
 # 2 = Hutchinson probes drawn as a byte stream (compressors.estimators.RademacherProbes).
@@ -97,7 +100,11 @@ class ScoreCache:
                 return None
             if any(tuple(scores[n].shape) != tuple(s) for n, s in shapes.items()):
                 return None
+            check_scores(scores, criterion)
             return scores, entry.get("diagnostics") or {}
+        except (IntegrityError, ValueError) as exc:
+            warnings.warn(f"score cache entry not used, the scores are recomputed: {exc}", stacklevel=2)
+            return None
         except Exception:  # noqa: BLE001 - any unreadable entry is simply recomputed
             return None
 
@@ -120,6 +127,7 @@ def score_with_cache(compressor: Compressor, model: nn.Module, mask_loader: Iter
     "score_cache_key": ...}``."""
     if cache_dir is None:
         scores = compressor.score(model, mask_loader, loss_fn, params=names, sparsity=sparsity)
+        check_scores(scores, compressor.name)
         return scores, {"score_cache": "off"}
     key = score_key(compressor, model, names, mask_loader, loss_fn, sparsity=sparsity, mask_indices=mask_indices)
     cache = ScoreCache(cache_dir)
@@ -130,5 +138,6 @@ def score_with_cache(compressor: Compressor, model: nn.Module, mask_loader: Iter
         return (ScoreMap({n: scores[n].to(params[n].device) for n in names}, diagnostics),
                 {"score_cache": "hit", "score_cache_key": key})
     scores = compressor.score(model, mask_loader, loss_fn, params=names, sparsity=sparsity)
+    check_scores(scores, compressor.name)
     cache.save(compressor.name, key, scores, scores.diagnostics)
     return scores, {"score_cache": "miss", "score_cache_key": key}

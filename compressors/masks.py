@@ -79,6 +79,27 @@ def topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
     return above | (tied & (torch.cumsum(tied, 0) <= need))
 
 
+def check_scores(scores: Scores, criterion: str) -> None:
+    """Raise a ValueError naming the tensors when any score is NaN or infinite: a mask chosen from such
+    scores would follow the index order, not the criterion."""
+    bad = {n: s for n, s in scores.items() if not bool(torch.isfinite(s).all())}
+    if bad:
+        counts = ", ".join(f"{n} ({int(torch.isnan(s).sum())} NaN, {int(torch.isinf(s).sum())} infinite of "
+                           f"{s.numel()})" for n, s in list(bad.items())[:5])
+        raise ValueError(f"criterion '{criterion}' gave scores that are not finite in {len(bad)} of {len(scores)} "
+                         f"tensors: {counts}; no mask is chosen from them (check the criterion's options, e.g. "
+                         "its temperature)")
+
+
+def check_masks(masks: Scores, where: str) -> None:
+    """Raise a ValueError unless every mask is binary (bool, or only 0 and 1): ``where`` names their file."""
+    for n, m in masks.items():
+        if not isinstance(m, torch.Tensor):
+            raise ValueError(f"{where}: the mask of {n} is a {type(m).__name__}, not a tensor")
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+            raise ValueError(f"{where}: the mask of {n} holds values other than 0 and 1")
+
+
 def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = "global") -> Scores:
     """Keep the top (1 - sparsity) fraction of the scores: ``{name: 0/1 float tensor}``.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from utils.seeding import MAX_SEED
 from utils.typed import option
 
 
@@ -30,7 +31,7 @@ class HutchinsonOptions(ChunkOptions):
     probes: int = option(10, "Rademacher probes K per mask batch", min=1, max=100000)
     temperature: float = option(200.0, "logits are divided by this temperature T", min=0, min_exclusive=True)
     seed: Optional[int] = option(None, "the probes' own seed (default: drawn from torch's global RNG, which "
-                                       "the trainer seeds from the run seed)", min=0)
+                                       "the trainer seeds from the run seed)", min=0, max=MAX_SEED)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -96,14 +96,42 @@ def _try_write(path: Path, payload: bytes) -> None:
         warnings.warn(f"cannot write cache file {path}: {exc}; it will be recomputed next time", stacklevel=3)
 
 
+def _read_cache(path: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(path)``, or None when the cache file is absent or unusable (then it is recomputed and
+    rewritten, with a warning naming it: a damaged cache never fails every run on the dataset)."""
+    if not path.is_file():
+        return None
+    try:
+        return read(path)
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong with it, the value is computed again
+        warnings.warn(f"damaged cache file {path} ({type(exc).__name__}: {exc}); recomputing it", stacklevel=3)
+        return None
+
+
+def _stats_from_json(path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    mean, std = tuple(float(v) for v in payload["mean"]), tuple(float(v) for v in payload["std"])
+    if len(mean) != 3 or len(std) != 3 or not all(np.isfinite(mean + std)) or min(std) <= 0:
+        raise ValueError(f"expected 3 finite means and 3 positive stds, got {payload['mean']}, {payload['std']}")
+    return mean, std
+
+
+def _arrays_from_npz(path: Path, count: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    with np.load(path) as z:
+        images, targets = z["images"], z["targets"]
+    if images.shape != (count, 3, size, size) or images.dtype != np.uint8 or targets.shape != (count,):
+        raise ValueError(f"arrays of shape {images.shape} / {targets.shape}, expected ({count}, 3, {size}, {size})")
+    return torch.from_numpy(images), torch.from_numpy(targets)
+
+
 def channel_stats(samples: Sequence[Sample], view: Callable[[Image.Image], Image.Image], folder: Path,
                   key: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of pixel/255 over ``samples`` seen through ``view``; cached as JSON in
     ``folder/.pai_cache/`` under a name that includes the file-list fingerprint."""
     cache = _cache_dir(folder) / f"stats-{key}-{fingerprint(samples, folder, key)}.json"
-    if cache.is_file():
-        payload = json.loads(cache.read_text())
-        return tuple(payload["mean"]), tuple(payload["std"])
+    cached = _read_cache(cache, _stats_from_json)
+    if cached is not None:
+        return cached
     total = np.zeros(3)
     total_sq = np.zeros(3)
     count = 0
@@ -124,9 +152,9 @@ def materialise(samples: Sequence[Sample], size: int, folder: Path, key: str) ->
     """Decode every image once (RGB, :class:`FitSquare` to ``size``) into a uint8 (N, 3, size, size) tensor
     and int64 labels; cached as ``.npz`` in ``folder/.pai_cache/``."""
     cache = _cache_dir(folder) / f"uint8-{key}-{size}-{fingerprint(samples, folder, key, size)}.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            return torch.from_numpy(z["images"]), torch.from_numpy(z["targets"])
+    cached = _read_cache(cache, lambda path: _arrays_from_npz(path, len(samples), size))
+    if cached is not None:
+        return cached
     fit = FitSquare(size)
     images = np.empty((len(samples), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(samples, desc=f"decoding {key} images", leave=False, disable=None)):

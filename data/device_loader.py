@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from utils.distributed import shard
 from utils.seeding import derive_seed, epoch_permutation
 from utils.threads import single_thread_on_cpu
 
@@ -64,7 +65,13 @@ class DeviceLoader:
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device).reshape(1, c, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device).reshape(1, c, 1, 1)
         self.epoch, self.start_batch = 0, 0
+        self.rank, self.world, self.global_batch = 0, 1, batch_size
         self.dataset = range(len(self.targets))  # len(loader.dataset) like a DataLoader
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only this rank's slice of every global batch (``batch_size`` becomes the per-rank size)."""
+        self.rank, self.world = rank, world
+        self.batch_size = self.global_batch // world
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Fix the order and the augmentation of epoch ``epoch``; iteration starts at batch ``start_batch``
@@ -72,7 +79,7 @@ class DeviceLoader:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        n = len(self.targets)
+        n = len(self.order()) if self.world > 1 else len(self.targets)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self) -> torch.Tensor:
@@ -80,7 +87,7 @@ class DeviceLoader:
         n = len(self.targets)
         if not self.train:
             return torch.arange(n)
-        return epoch_permutation(n, self.seed, self.epoch)
+        return shard(epoch_permutation(n, self.seed, self.epoch), self.global_batch, self.rank, self.world)
 
     def _draws(self, n: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Crop offsets and flips of every sample of this epoch (drawn on the CPU, then moved: the

@@ -18,7 +18,7 @@ class DigitsOptions:
     test_fraction: float = option(0.2, "stratified fraction of the 1,797 images held out as the test set",
                                   min=0, max=1, min_exclusive=True, max_exclusive=True)
     split_seed: int = option(0, "seed of the train/test split (fixed across run seeds, so all runs share "
-                                "one test set)", min=0)
+                                "one test set; scikit-learn takes seeds below 2**32)", min=0, max=2**32 - 1)
 
 
 @register("digits")

@@ -25,24 +25,31 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from data.base import DataSplits
 from data.device_loader import DeviceLoader
+from utils.distributed import shard
 from utils.seeding import derive_seed, epoch_permutation
 
 
 class EpochShuffler(Sampler[int]):
     """Random permutation per epoch from a generator seeded by (seed, epoch); call set_epoch(e).  With
-    ``set_epoch(e, start)`` iteration begins at position ``start`` of that permutation."""
+    ``set_epoch(e, start)`` iteration begins at position ``start`` of that permutation.  With ``world``
+    ranks, each yields its slice of every global batch of ``global_batch`` samples
+    (:func:`utils.distributed.shard`): together they see the single-process run's batches."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, *, global_batch: int = 1, rank: int = 0, world: int = 1) -> None:
         self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+        self.global_batch, self.rank, self.world = global_batch, rank, world
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def order(self) -> torch.Tensor:
+        return shard(epoch_permutation(self.n, self.seed, self.epoch), self.global_batch, self.rank, self.world)
+
     def __iter__(self) -> Iterator[int]:
-        return iter(epoch_permutation(self.n, self.seed, self.epoch)[self.start:].tolist())
+        return iter(self.order()[self.start:].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.order()) if self.world > 1 else self.n
 
 
 LOADER_KINDS = ("classic", "device")
@@ -116,12 +123,19 @@ def build_loaders(
     loader: str = "classic",
     device: Optional[torch.device] = None,
     dataset_name: str = "this dataset",
+    rank: int = 0,
+    world: int = 1,
 ) -> Loaders:
     """Build the four loaders of a run from a dataset's splits (see the module docstring).
 
     ``loader="device"`` needs ``splits.device_data`` (uint8-backed datasets) and puts the data on
-    ``device`` (default: the CPU).
+    ``device`` (default: the CPU).  With ``world`` > 1 ranks, ``batch_size`` is the global batch: this
+    rank's training loader yields its ``batch_size / world`` slice of each (validation, test and mask data
+    are not split).
     """
+    if batch_size % world:
+        raise ValueError(f"dataset.batch_size: the global batch {batch_size} does not split into {world} equal "
+                         f"parts; use a multiple of {world}")
     if loader not in LOADER_KINDS:
         raise ValueError(f"dataset.loader: invalid value {loader!r}; valid: {', '.join(map(repr, LOADER_KINDS))}")
     targets = np.asarray(splits.train_targets)
@@ -136,14 +150,16 @@ def build_loaders(
     eval_bs = eval_batch_size or batch_size
     common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
     gen = torch.Generator().manual_seed(derive_seed(seed, "workers", 0))
-    train = DataLoader(train_set, batch_size=batch_size, sampler=EpochShuffler(len(train_set), seed),
-                       drop_last=False, generator=gen, **common)
+    sampler = EpochShuffler(len(train_set), seed, global_batch=batch_size, rank=rank, world=world)
+    train = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, drop_last=False, generator=gen,
+                       **common)
     val = DataLoader(val_set, batch_size=eval_bs, shuffle=False, **common)
     test = DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common)
     mask = DataLoader(Subset(splits.train_eval, mask_idx), batch_size=mask_batch_size, shuffle=False)
     if loader == "device":
         train, val, test = _device_loaders(splits, targets, train_idx, batch_size, eval_bs, train4val, seed,
                                            device, dataset_name)
+        train.shard(rank, world)
     return Loaders(train=train, val=val, test=test, mask=mask, num_classes=splits.num_classes,
                    input_shape=splits.input_shape, mask_indices=mask_idx, val_is_test=not train4val, seed=seed)
 

@@ -14,10 +14,11 @@ stages (checkpointing after the expensive ones and after every epoch) and tests 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar
 
 from engine.run import EpochCallback, Run
-from engine.stages import Stage
+from engine.stages import Stage, Train
 from spec import RunSpec
 from spec.config import ExperimentConfig
 from spec.folder import RunFolder
@@ -57,11 +58,13 @@ def execute(spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = pr
     run = Run(spec, folder, log=log, on_epoch_end=on_epoch_end)
     run.setup()
     stages = experiment.stages(run)
+    run.total_epochs = math.ceil(max((s.until for s in stages if isinstance(s, Train)), default=0))
     if resume and run.restore():
         where = stages[run.state.stage].describe() if run.state.stage < len(stages) else "the end"
         log(f"  resuming at stage {run.state.stage + 1}/{len(stages)} ({where}), after {run.state.step} "
             f"training steps")
     run.start_trackers()
+    run.beat("start")
     try:
         while run.state.stage < len(stages):
             stage = stages[run.state.stage]

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+import socket
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
@@ -22,11 +24,12 @@ import torch
 
 import compressors
 from compressors.cache import score_with_cache
-from engine.checkpoint import load_checkpoint, save_checkpoint
+from engine.checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoint
 from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
 from engine.trackers import Tracker, flat_scalars, open_trackers
 from spec import RunSpec
-from spec.folder import Files, PruningRecord, RunFolder, RunResults
+from spec.folder import Files, Heartbeat, PruningRecord, RunFolder, RunResults
+from utils import distributed
 from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -80,18 +83,47 @@ class Capped:
         return min(len(self.loader), self.limit)
 
 
+class QuietFolder(RunFolder):
+    """The run folder as the other ranks of a distributed run see it: read, never written."""
+
+    def write(self, name: str, obj: Any) -> None:
+        pass
+
+    def write_rows(self, name: str, csv_name: str, rows: list[dict[str, Any]]) -> None:
+        pass
+
+    def save_mask(self, masks: dict[str, Any]) -> None:
+        pass
+
+    def save_torch(self, name: str, obj: Any) -> None:
+        pass
+
+    def set_status(self, status: Any, **fields: Any) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
 class Run:
     """The live objects of one run (see the module docstring)."""
 
     def __init__(self, spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = print,
                  on_epoch_end: EpochCallback | None = None) -> None:
-        self.spec, self.cfg, self.folder = spec, spec.config, folder
-        self.log, self.on_epoch_end = log, on_epoch_end
+        self.rank = distributed.from_environment()
+        self.spec, self.cfg = spec, spec.config
+        # one process writes the run folder and prints; the other ranks of a distributed run keep quiet
+        self.folder = folder if self.rank.main else QuietFolder(folder.path, folder.cache_dir)
+        self.log = log if self.rank.main else (lambda text: None)
+        self.on_epoch_end = on_epoch_end
         self.device = spec.device()
+        if self.rank.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.rank.local)
         self.state = RunState()
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.trackers: list[Tracker] = []
+        self.total_epochs = 0  # set by the engine from the experiment's stages
 
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -99,12 +131,19 @@ class Run:
         spec, tr = self.spec, self.cfg.training
         if self.cfg.general.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.loaders = spec.build_loaders(self.device)
+        distributed.init(self.rank, self.device.type)
+        self.loaders = spec.build_loaders(self.device, self.rank.rank, self.rank.world)
         self.num_classes = spec.num_classes(self.loaders)
-        self.model = spec.build_model(self.loaders).to(self.device)
-        # self.model keeps plain state_dict keys; self.train_model is what the loop calls (maybe compiled)
+        self.model = spec.build_model(self.loaders)
+        if self.rank.distributed and tr.sync_bn:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
+        # self.model keeps plain state_dict keys; self.train_model is what the loop calls (maybe compiled, DDP)
         self.train_model = prepare_model(self.model, self.device, channels_last=tr.channels_last,
                                          compile=tr.compile, log=self.log)
+        if self.rank.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.train_model, device_ids=ids)
         self.scaler = make_scaler(self.device, tr.amp)
         self.loop_options = {"amp": tr.amp, "channels_last": tr.channels_last}
         self.loss_fn = spec.build_loss()
@@ -126,7 +165,9 @@ class Run:
         return {**flat_scalars(self.spec.identity()), **main}
 
     def start_trackers(self) -> None:
-        """Open ``general.trackers`` (after a resume: dropping what was logged past the checkpoint)."""
+        """Open ``general.trackers`` (after a resume: dropping what was logged past the checkpoint); rank 0."""
+        if not self.rank.main:
+            return
         root = self.folder.cache_dir.parent if self.folder.cache_dir is not None else self.folder.path
         self.trackers = open_trackers(self.cfg.general.trackers, self.folder.path, store=root / "mlruns",
                                       first_epoch=len(self.state.history), name=self.cfg.general.id or self.spec.hash(),
@@ -154,6 +195,18 @@ class Run:
         return evaluate(model or self.train_model, self.capped(loader), self.loss_fn, self.device, self.num_classes,
                         **options)
 
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BN statistics drift apart in the local training batches)."""
+        if self.rank.distributed:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+
+    def verify_masks(self) -> None:
+        """A distributed run's ranks scored the same network on the same data: their masks must agree."""
+        if not distributed.same_on_every_rank(self.rank, list(self.masks.values()), self.device):
+            raise RuntimeError(f"the {self.rank.world} ranks chose different masks (nondeterministic scoring?)")
+        self.state.extra["masks_verified_on_ranks"] = self.rank.world
+
     def density(self) -> float:
         return 1.0 - compressors.global_sparsity(self.masks)
 
@@ -170,6 +223,8 @@ class Run:
         pruning = self.state.pruning
         self.log(f"  scoring {sum(m.numel() for m in self.masks.values()):,} weights with {self.criterion.name} on "
                  f"{len(self.loaders.mask_indices)} mask samples ({len(self.loaders.mask)} batches)")
+        self.beat("scoring")
+        self.sync_buffers()
         seed_everything(derive_seed(self.cfg.general.seed, *seed_parts))
         tic = time.perf_counter()
         scores, info = score_with_cache(
@@ -199,6 +254,15 @@ class Run:
         partial["seconds"] += stats.seconds
         self.state.step += count
 
+    def beat(self, phase: str) -> None:
+        """Rewrite ``heartbeat.json`` (see :class:`spec.folder.Heartbeat`)."""
+        history = self.state.history
+        seconds = sum(r["epoch_seconds"] for r in history) / len(history) if history else 0.0
+        self.folder.write(Files.HEARTBEAT, vars(Heartbeat(
+            phase=phase, epoch=self.state.step // self.steps_per_epoch, step=self.state.step,
+            total_epochs=self.total_epochs, epoch_seconds=seconds, host=socket.gethostname(), pid=os.getpid(),
+            time=time.time())))
+
     def last_epoch(self) -> int:
         """The epoch the current Train stage ends in."""
         end = self.state.train["end"] if self.state.train else self.state.step
@@ -209,6 +273,9 @@ class Run:
         checkpoint, log line and the epoch callback."""
         st, p = self.state, self.state.partial
         self.scheduler.step()
+        self.sync_buffers()
+        p["loss"], p["correct"], p["samples"] = distributed.all_sum(self.rank, [p["loss"], p["correct"],
+                                                                              p["samples"]], self.device)
         n = max(int(p["samples"]), 1)
         row: dict[str, Any] = {
             "epoch": epoch + 1, "stage": st.stage + 1 if label is None else label, "density": self.density(),
@@ -223,6 +290,7 @@ class Run:
                 st.best_metric, st.best_epoch = val[metric], epoch + 1
                 st.best_model = state_to_cpu(self.model.state_dict())
         st.history.append(row)
+        self.beat("train")
         for tracker in self.trackers:
             tracker.epoch(epoch + 1, row, compressors.density(self.masks))
         self.checkpoint()
@@ -243,6 +311,10 @@ class Run:
 
     # --------------------------------------------------------------------------- checkpoint
     def checkpoint(self) -> None:
+        """Write ``checkpoint.pt``; the one it replaces is kept as ``checkpoint.prev.pt``, the fallback when
+        the newest is found damaged.  Rank 0 only."""
+        if not self.rank.main:
+            return
         save_checkpoint(self.folder.file(Files.CHECKPOINT), {
             "stage": self.state.stage, "epoch": self.state.step // self.steps_per_epoch, "state": self.state.to_dict(),
             "model": self.model.state_dict(),
@@ -250,15 +322,14 @@ class Run:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(), "rng": rng_state(),
-        }, experiment=self.cfg.general.experiment, run_hash=self.spec.hash())
+        }, experiment=self.cfg.general.experiment, run_hash=self.spec.hash(),
+            previous=self.folder.file(Files.CHECKPOINT_PREV))
 
     def restore(self) -> bool:
-        """Resume from the run folder's checkpoint, if there is one (it is checked to be this run's)."""
-        path = self.folder.file(Files.CHECKPOINT)
-        if not path.exists():
+        """Resume from the run folder's newest intact checkpoint, if there is one (checked to be this run's)."""
+        ckpt = self.intact_checkpoint()
+        if ckpt is None:
             return False
-        ckpt = load_checkpoint(path, experiment=self.cfg.general.experiment, run_hash=self.spec.hash(),
-                               map_location=self.device)
         self.state = RunState.from_dict(ckpt["state"])
         self.model.load_state_dict(ckpt["model"])
         self.set_masks(ckpt["masks"])
@@ -270,6 +341,42 @@ class Run:
             self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         return True
+
+    def intact_checkpoint(self) -> dict[str, Any] | None:
+        """``checkpoint.pt``, else ``checkpoint.prev.pt`` when the first is damaged; None when neither is
+        there or both are damaged (the run starts over).  A damaged file is moved aside (``.damaged``) and
+        what was done is logged and noted in ``status.json``."""
+        damaged = []
+        for name in (Files.CHECKPOINT, Files.CHECKPOINT_PREV):
+            path = self.folder.file(name)
+            if not path.exists():
+                continue
+            try:
+                ckpt = load_checkpoint(path, experiment=self.cfg.general.experiment, run_hash=self.spec.hash(),
+                                       map_location=self.device)
+                compressors.check_masks(ckpt["masks"], f"{path}: masks")
+            except DamagedCheckpoint as exc:
+                damaged.append(str(exc))
+                os.replace(path, path.with_name(path.name + Files.DAMAGED))
+                continue
+            if damaged:
+                self.report_damage(damaged, f"resumed from {name} (epoch {ckpt['epoch']})")
+            return ckpt
+        if damaged:
+            self.report_damage(damaged, "no intact checkpoint left: the run starts over")
+        return None
+
+    def report_damage(self, damaged: list[str], outcome: str) -> None:
+        text = f"damaged checkpoint: {'; '.join(damaged)} (moved aside as *{Files.DAMAGED}); {outcome}"
+        self.log(f"  {text}")
+        self.folder.note(text)
+
+    def ranks_record(self) -> dict[str, Any]:
+        """What a distributed run adds to ``results.json``."""
+        if not self.rank.distributed:
+            return {}
+        verified = self.state.extra.get("masks_verified_on_ranks")
+        return {"world_size": self.rank.world, "masks_verified_on_ranks": verified}
 
     # -------------------------------------------------------------------------------- finish
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -290,7 +397,7 @@ class Run:
                              best_val_metric=st.best_metric, validation_metric=self.cfg.validation.metric,
                              validation_on_test_set=self.loaders.val_is_test,
                              epoch_seconds=[row["epoch_seconds"] for row in st.history],
-                             pruning=PruningRecord(**st.pruning), extra=extra).to_json()
+                             pruning=PruningRecord(**st.pruning), extra={**extra, **self.ranks_record()}).to_json()
         self.folder.write(Files.RESULTS, results)
         for tracker in self.trackers:
             tracker.finish(self.hparams(), results)

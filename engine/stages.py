@@ -61,6 +61,7 @@ class Prune(Stage):
             return
         scores = run.score(self.sparsity, self.seed)
         run.set_masks(select_remaining(scores, run.masks, self.sparsity, run.cfg.training.compressor.mask))
+        run.verify_masks()
         run.folder.save_mask(run.masks)
         p = run.state.pruning
         run.log(f"  pruned with {run.criterion.name} to sparsity {1 - run.density():.4f} of "

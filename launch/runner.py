@@ -1,11 +1,13 @@
-"""Batch execution of config files: skip completed runs, resume interrupted ones, rerun failed ones,
-record every failure and keep going.  A run folder is claimed with a lock file while it runs
-(:func:`utils.locks.run_lock`), so two processes given the same config never run it at once: the
+"""Batch execution of config files: skip completed runs, resume interrupted and failed ones from their last
+good checkpoint, record every failure and keep going.  A run folder is claimed with a lock file while it
+runs (:func:`utils.locks.run_lock`), so two processes given the same config never run it at once: the
 second reports the run ``busy`` and goes on.
 
-A run's status lives in its run folder (:mod:`spec.folder`).  A config that cannot even be resolved
-(bad field, unknown name) has no run folder; its failure is recorded under
-``<root>/invalid/<file-stem>-<hash of its path>/status.json`` and removed once the file is fixed.
+A run's status lives in its run folder (:mod:`spec.folder`); the failures of earlier attempts stay in its
+``history``.  ``restart`` starts unfinished runs over, ``force`` every run.  A config that cannot even be
+resolved (bad field, unknown name) has no run folder; its failure is recorded under
+``<root>/invalid/<file-stem>-<hash of its path>/status.json`` and removed once the file is fixed.  Any
+error while reading one config or one run folder is that config's failure, never the batch's.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import Any, Callable, Iterable
 
 from engine import execute
 from spec import RunSpec
-from spec.folder import Files, RunFolder, batch_record_path, invalid_dir
+from spec.folder import Files, RunFolder, StatusRecord, batch_record_path, invalid_dir
+from utils import distributed
 from utils.environment import environment
-from utils.io import write_json
+from utils.io import json_files, write_json
 from utils.locks import RunBusy, run_lock
-from utils.typed import ConfigError
+from utils.typed import ConfigError, Problem
 
 DEFAULT_RESULTS = Path("results")
 
@@ -47,15 +50,17 @@ class RunOutcome:
     seconds: float = 0.0
     reason: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None  # general.id (default: the config file's name)
 
 
 def collect_configs(paths: Iterable[str | Path], recursive: bool = False) -> list[Path]:
-    """Config files named directly, plus every ``*.json`` in named folders (sorted)."""
+    """Config files named directly, plus every visible ``*.json`` in named folders (sorted; hidden files
+    such as macOS ``._*.json`` skipped).  A dangling link is listed: reading it is that config's failure."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(p.rglob("*.json") if recursive else p.glob("*.json")))
-        elif p.exists():
+            out.extend(json_files(p, recursive))
+        elif p.exists() or p.is_symlink():
             out.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
@@ -74,31 +79,80 @@ def _sigterm_to_interrupt(signum, frame):  # noqa: ANN001
     raise Interrupted(f"signal {signum}")
 
 
-def run_config(path: Path, *, results: str | Path | None = None, force: bool = False,
+def run_config(path: Path, *, results: str | Path | None = None, force: bool = False, restart: bool = False,
                log: Callable[[str], None] = print, on_epoch_end: Callable | None = None) -> RunOutcome:
-    """Run one config file; never raises except on interruption (Ctrl-C / SIGTERM)."""
+    """Run one config file; never raises except on interruption (Ctrl-C / SIGTERM): any other error is
+    this config's failure (``force``: rerun a completed run; ``restart``: start an unfinished one over)."""
     tic = time.perf_counter()
+    try:
+        return _run_config(Path(path), results, tic, force=force, restart=restart, log=log,
+                           on_epoch_end=on_epoch_end)
+    except Exception as exc:  # noqa: BLE001 - one bad file or folder never stops the batch
+        return RunOutcome(str(path), "failed", reason=f"{type(exc).__name__}: {exc}",
+                          seconds=time.perf_counter() - tic)
+
+
+def _run_config(path: Path, results: str | Path | None, tic: float, *, force: bool, restart: bool,
+                log: Callable[[str], None], on_epoch_end: Callable | None) -> RunOutcome:
     try:
         spec = RunSpec.load(path)
     except ConfigError as exc:
-        root = Path(results) if results is not None else DEFAULT_RESULTS
-        bad = RunFolder(invalid_dir(root, path))
-        bad.set_status("failed", config_file=str(path), reason="invalid config",
-                       problems=[str(p) for p in exc.problems])
-        return RunOutcome(str(path), "failed", str(bad.path), reason="; ".join(str(p) for p in exc.problems))
+        return _invalid(path, results, exc.problems)
     root = results_root(spec, results)
     shutil.rmtree(invalid_dir(root, path), ignore_errors=True)
     folder = spec.folder(root)
     comp = spec.config.training.compressor
-    outcome = RunOutcome(str(path), "completed", str(folder.path), comp.name, comp.sparsity, spec.config.general.seed)
+    outcome = RunOutcome(str(path), "completed", str(folder.path), comp.name, comp.sparsity, spec.config.general.seed,
+                         id=spec.config.general.id)
     if folder.is_completed() and not force:
         return _skipped(outcome, folder)
+    rank = distributed.from_environment()
+    if rank.distributed and not rank.main:
+        return _run_as_other_rank(rank, spec, folder, outcome, tic)
+    ready = _signal_ranks(rank, spec) if rank.distributed else None
     try:
         with run_lock(folder.path):
-            return _run_claimed(path, spec, folder, outcome, tic, force=force, log=log, on_epoch_end=on_epoch_end)
+            return _run_claimed(path, spec, folder, outcome, tic, force=force, restart=restart, log=log,
+                                on_epoch_end=on_epoch_end, ready=ready)
     except RunBusy as busy:
+        if ready is not None:
+            ready(False)
         outcome.status, outcome.reason = "busy", str(busy)
         return outcome
+
+
+def _signal_ranks(rank: distributed.Rank, spec: RunSpec) -> Callable[[bool], None]:
+    """For rank 0 of a distributed run: tell the other ranks whether the folder is ready to train in."""
+    device = spec.device()
+    distributed.init(rank, device.type)
+    return lambda go=True: distributed.all_sum(rank, [1.0 if go else 0.0], device) and None
+
+
+def _run_as_other_rank(rank: distributed.Rank, spec: RunSpec, folder: RunFolder, outcome: RunOutcome,
+                       tic: float) -> RunOutcome:
+    """A rank other than 0: wait until rank 0 has claimed and prepared the run folder, then train with it
+    (rank 0 writes every file and records the outcome)."""
+    device = spec.device()
+    distributed.init(rank, device.type)
+    if not distributed.all_sum(rank, [0.0], device)[0]:
+        outcome.status, outcome.reason = "busy", "rank 0 did not start the run"
+        return outcome
+    res = execute(spec, folder, log=lambda text: None)
+    outcome.seconds = time.perf_counter() - tic
+    _fill_results(outcome, res)
+    return outcome
+
+
+def problems_text(problems: list[Problem]) -> str:
+    """The problems of one config without its file name (which the lines around them already show)."""
+    return "; ".join(f"{p.path or '<root>'}: {p.message}" for p in problems)
+
+
+def _invalid(path: Path, results: str | Path | None, problems: list[Problem]) -> RunOutcome:
+    root = Path(results) if results is not None else DEFAULT_RESULTS
+    bad = RunFolder(invalid_dir(root, path))
+    bad.set_status("failed", config_file=str(path), reason="invalid config", problems=[str(p) for p in problems])
+    return RunOutcome(str(path), "failed", str(bad.path), reason=problems_text(problems), id=path.stem)
 
 
 def _skipped(outcome: RunOutcome, folder: RunFolder) -> RunOutcome:
@@ -108,49 +162,63 @@ def _skipped(outcome: RunOutcome, folder: RunFolder) -> RunOutcome:
 
 
 def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutcome, tic: float, *, force: bool,
-                 log: Callable[[str], None], on_epoch_end: Callable | None) -> RunOutcome:
-    """The part of :func:`run_config` that runs while this process holds the run folder's lock."""
+                 restart: bool, log: Callable[[str], None], on_epoch_end: Callable | None,
+                 ready: Callable[[bool], None] | None = None) -> RunOutcome:
+    """The part of :func:`run_config` that runs while this process holds the run folder's lock (``ready``:
+    called once the folder is prepared, to let the other ranks of a distributed run start)."""
     if folder.is_completed() and not force:  # finished by another process while we waited for the lock
         return _skipped(outcome, folder)
-    status = folder.status()
-    if force or (status and status.get("status") == "failed"):
+    if force or restart:
         shutil.rmtree(folder.path, ignore_errors=True)  # start over: nothing stale survives
-        status = None
-    resuming = folder.file(Files.CHECKPOINT).exists()
-    folder.path.mkdir(parents=True, exist_ok=True)
-    folder.write(Files.CONFIG, spec.to_dict())
-    folder.write(Files.ENVIRONMENT, environment(spec.device()))
-    attempts = (status or {}).get("attempts", 0) + 1
-    folder.set_status("running", config_file=str(path), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      attempts=attempts, resumed=resuming)
-    log(f"[{path}] -> {folder.path}")
+    status = StatusRecord.from_json(folder.status()) or StatusRecord()
+    resuming = any(folder.file(f).exists() for f in (Files.CHECKPOINT, Files.CHECKPOINT_PREV))
     try:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write(Files.CONFIG, spec.to_dict())
+        folder.write(Files.ENVIRONMENT, environment(spec.device()))
+        folder.set_status("running", config_file=str(path), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                          attempts=status.attempts + 1, resumed=resuming)
+        log(f"[{path}] -> {folder.path}" + (" (resuming)" if resuming else ""))
+        if ready is not None:
+            ready(True)
         res = execute(spec, folder, log=log, on_epoch_end=on_epoch_end)
     except KeyboardInterrupt:
         folder.set_status("interrupted", reason="interrupted (Ctrl-C or SIGTERM); rerun to resume",
                           seconds=time.perf_counter() - tic)
         raise
     except Exception as exc:  # noqa: BLE001 - any crash is recorded and the batch goes on
-        folder.set_status("failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                          seconds=time.perf_counter() - tic)
         outcome.status, outcome.reason = "failed", f"{type(exc).__name__}: {exc}"
         outcome.seconds = time.perf_counter() - tic
+        _record_failure(folder, outcome, traceback.format_exc(), log)
         return outcome
     outcome.seconds = time.perf_counter() - tic
     folder.set_status("completed", seconds=outcome.seconds, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    folder.file(Files.CHECKPOINT_PREV).unlink(missing_ok=True)  # the fallback is not needed any more
     _fill_results(outcome, res)
     return outcome
 
 
-def _fill_results(outcome: RunOutcome, res: dict[str, Any]) -> None:
-    outcome.test_acc = res.get("final_test_acc")
-    outcome.best_val_test_acc = res.get("best_val_test_acc")
-    outcome.collapsed_layers = len(res.get("layer_collapse") or [])
+def _record_failure(folder: RunFolder, outcome: RunOutcome, trace: str, log: Callable[[str], None]) -> None:
+    """``status.json`` says failed, with the reason and traceback (a disk too full even for that is logged)."""
+    try:
+        folder.set_status("failed", reason=outcome.reason, traceback=trace, seconds=outcome.seconds)
+    except Exception as exc:  # noqa: BLE001 - the outcome still carries the reason
+        log(f"  (could not record the failure in {folder.file(Files.STATUS)}: {exc})")
+
+
+def _fill_results(outcome: RunOutcome, res: Any) -> None:
+    res = res if isinstance(res, dict) else {}
+    number = (lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+    outcome.test_acc = number(res.get("final_test_acc"))
+    outcome.best_val_test_acc = number(res.get("best_val_test_acc"))
+    collapse = res.get("layer_collapse")
+    outcome.collapsed_layers = len(collapse) if isinstance(collapse, list) else None
 
 
 def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None, force: bool = False,
-              recursive: bool = False, log: Callable[[str], None] = print) -> list[RunOutcome]:
-    """Run every config; Ctrl-C / SIGTERM marks the current run interrupted and stops the batch."""
+              restart: bool = False, recursive: bool = False, log: Callable[[str], None] = print) -> list[RunOutcome]:
+    """Run every config; Ctrl-C / SIGTERM marks the current run interrupted and stops the batch.  The batch
+    record ``<root>/batches/<time>.json`` is written in any case (a failure to write it is logged)."""
     configs = collect_configs(paths, recursive)
     outcomes: list[RunOutcome] = []
     previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
@@ -158,7 +226,7 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
         for i, path in enumerate(configs, 1):
             log(f"({i}/{len(configs)}) {path}")
             try:
-                outcome = run_config(path, results=results, force=force, log=log)
+                outcome = run_config(path, results=results, force=force, restart=restart, log=log)
             except KeyboardInterrupt:
                 outcomes.append(RunOutcome(str(path), "interrupted", reason="interrupted"))
                 break
@@ -172,18 +240,22 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
     finally:
         signal.signal(signal.SIGTERM, previous)
     root = Path(results) if results is not None else DEFAULT_RESULTS
-    write_json(batch_record_path(root), [o.__dict__ for o in outcomes])
+    try:
+        if distributed.from_environment().main:  # one record per batch, not one per rank
+            write_json(batch_record_path(root), [o.__dict__ for o in outcomes])
+    except OSError as exc:
+        log(f"could not write the batch record: {exc}")
     return outcomes
 
 
 def summary_table(outcomes: list[RunOutcome]) -> str:
     """The end-of-batch table: one line per config."""
-    head = ("config", "status", "criterion", "sparsity", "seed", "test_acc", "best_val_test_acc",
+    head = ("config", "id", "status", "criterion", "sparsity", "seed", "test_acc", "best_val_test_acc",
             "collapsed_layers", "time_s")
     rows = []
     for o in outcomes:
         fmt = (lambda v: "-" if v is None else f"{v:.4f}")
-        rows.append((Path(o.config).name, o.status, o.criterion or "-",
+        rows.append((Path(o.config).name, o.id or Path(o.config).stem, o.status, o.criterion or "-",
                      "-" if o.sparsity is None else f"{o.sparsity:g}", "-" if o.seed is None else str(o.seed),
                      fmt(o.test_acc), fmt(o.best_val_test_acc),
                      "-" if o.collapsed_layers is None else str(o.collapsed_layers), f"{o.seconds:.1f}"))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,34 @@ def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     fig.tight_layout()
-    fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+LEGEND_INSIDE = 6   # legends of up to this many entries sit inside the axes
+LEGEND_ROWS = 16    # rows per legend column beside the axes
+LABEL_WIDTH = 44    # characters per legend line (longer variant labels are wrapped)
+
+
+def place_legend(ax: plt.Axes, fig: plt.Figure, fontsize: float = 8) -> Any:
+    """A legend that neither covers the data nor leaves the figure: inside the axes for a few entries;
+    for more, beside them in as many columns as needed (labels wrapped), the figure widened (and made
+    taller) to hold it.  Returns the legend (None without labelled artists)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    labels = [textwrap.fill(label, LABEL_WIDTH) for label in labels]
+    if len(handles) <= LEGEND_INSIDE:
+        return ax.legend(handles, labels, fontsize=fontsize)
+    legend = ax.legend(handles, labels, fontsize=fontsize - 1, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       borderaxespad=0.0, ncol=math.ceil(len(handles) / LEGEND_ROWS))
+    fig.canvas.draw()
+    box = legend.get_window_extent()
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + box.width / fig.dpi + 0.4, max(height, box.height / fig.dpi + 1.2))
+    return legend
 
 
 def _label(row: pd.Series, with_warmup: bool = False) -> str:
@@ -80,7 +105,7 @@ def accuracy_vs_sparsity(agg: pd.DataFrame, metric: str, out_dir: Path) -> list[
         ax.set_ylabel(f"{metric}{' (%)' if scale == 100 else ''}")
         ax.set_title(f"{dataset} / {model}, warmup {warmup}: mean ± std over seeds")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        place_legend(ax, fig)
         paths += save(fig, out_dir, figure_stem("acc_vs_sparsity", dataset, model, f"warmup{warmup}"))
     return paths
 
@@ -106,7 +131,7 @@ def warmup_comparison(agg: pd.DataFrame, metric: str, out_dir: Path) -> list[Pat
         ax.set_ylabel(f"{metric}{' (%)' if scale == 100 else ''}")
         ax.set_title(f"{dataset} / {model}: warmup (solid) vs none (dashed)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        place_legend(ax, fig)
         paths += save(fig, out_dir, figure_stem("warmup", dataset, model))
     return paths
 
@@ -127,7 +152,7 @@ def layer_density(density: pd.DataFrame, sparsity: float, out_dir: Path) -> list
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{dataset} / {model}, warmup {warmup}: density per layer at sparsity {sparsity:g}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        place_legend(ax, fig, fontsize=7)
         paths += save(fig, out_dir, figure_stem("layer_density", dataset, model, f"warmup{warmup}", f"s{sparsity:g}"))
     return paths
 
@@ -176,6 +201,6 @@ def stability(stab: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_ylabel("mask IoU across estimator seeds")
         ax.set_ylim(0, 1)
         ax.set_title(f"{dataset} / {model}, warmup {warmup}: stability (options.seed only differs)", fontsize=9)
-        ax.legend(fontsize=8)
+        place_legend(ax, fig)
         paths += save(fig, out_dir, figure_stem("stability", dataset, model, f"warmup{warmup}"))
     return paths

@@ -12,6 +12,7 @@ from typing import Mapping
 
 import torch
 
+from compressors import check_masks
 from reporting.runs import CRITERION, group_hash
 from spec.folder import Files
 from utils.io import load_torch
@@ -24,14 +25,31 @@ def chance_iou(sparsity: float) -> float:
     return (1.0 - sparsity) / (1.0 + sparsity)
 
 
-def load_mask(run_dir: str | Path) -> dict[str, torch.Tensor] | None:
-    """``mask.pt`` of a run folder as ``{param: bool tensor}`` (None if it is missing or unreadable)."""
+def load_mask(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """``mask.pt`` of a run folder as ``{param: bool tensor}``; a ValueError (or OSError) naming the file when
+    it is missing, damaged (its content digest), or not a dict of binary tensors."""
     path = Path(run_dir) / Files.MASK
-    try:
-        masks = load_torch(path)
-    except (OSError, RuntimeError, EOFError):
-        return None
+    masks = load_torch(path)
+    if not isinstance(masks, dict):
+        raise ValueError(f"{path}: holds {type(masks).__name__}, not a dict of masks")
+    check_masks(masks, str(path))
     return {k: v.bool() for k, v in masks.items()}
+
+
+class MaskReader:
+    """Reads the masks of run folders; ``problems`` maps the run folders whose ``mask.pt`` could not be used
+    to the reason (a report lists them among its issues instead of leaving them out silently)."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, str] = {}
+
+    def get(self, run_dir: str) -> dict[str, torch.Tensor] | None:
+        """The mask of ``run_dir``, or None (and the reason in ``problems``) when it cannot be used."""
+        try:
+            return load_mask(run_dir)
+        except (OSError, ValueError, RuntimeError, EOFError) as exc:
+            self.problems[run_dir] = f"{Files.MASK} cannot be used (left out of the mask overlap): {exc}"
+            return None
 
 
 def mask_iou(a: Mask, b: Mask) -> float:

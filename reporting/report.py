@@ -5,7 +5,8 @@ Writes into the report folder::
     report.md         everything below in one page (table, differing fields, problems, figures)
     table.md          the Markdown table (also printed)      table.tex   the same table (booktabs)
     runs.csv          one row per run folder (any status)    aggregated.csv  one row per group
-    issues.csv        failed / interrupted / running / broken / invalid / missing grid points
+    issues.csv        failed / interrupted / running / broken / invalid / missing grid points, and runs
+                      whose mask.pt cannot be used (damaged)
     rerun.txt         config files to run again (python main.py run $(cat rerun.txt))
     overlap.csv, stability.csv, layer_density.csv
     figures/*.png, figures/*.pdf
@@ -24,11 +25,11 @@ from tqdm import tqdm
 
 from reporting import figures as figs
 from reporting.aggregate import Grouping, aggregate, metric_scale, options_seed_groups, pivot_table
-from reporting.masks import chance_iou, load_mask, mask_iou, pairing_key
+from reporting.masks import MaskReader, chance_iou, mask_iou, pairing_key
 from reporting.render import to_latex, to_markdown
 from reporting.runs import RunSet, is_dense, load_runs
 from spec import RunSpec
-from utils.io import write_text
+from utils.io import json_files, write_text
 from utils.typed import ConfigError
 
 ISSUE_COLUMNS = ["status", "config_file", "run_dir", "reason"]
@@ -54,8 +55,10 @@ class Report:
 
 
 # ---------------------------------------------------------------------------------------------- issues
-def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None) -> pd.DataFrame:
-    """Runs that did not complete, invalid configs, and (with a sweep folder) grid points never run.
+def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None,
+                   damaged: dict[str, str] | None = None) -> pd.DataFrame:
+    """Runs that did not complete, invalid configs, (with a sweep folder) grid points never run, and the
+    completed runs of ``damaged`` (run folder -> why its mask.pt cannot be used).
 
     A sweep config is matched to its run folder exactly as the runner does: ``RunSpec.run_dir(root)``.
     """
@@ -67,13 +70,16 @@ def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None) -> pd.Da
             row["reason"] = row["reason"] or "status 'running': in progress, or killed without a trace"
     invalid_files = {str(Path(r["config_file"]).resolve()) for r in runset.invalid if r.get("config_file")}
     rows += [{k: r.get(k) for k in ISSUE_COLUMNS} for r in runset.invalid]
+    files = dict(zip(runs["run_dir"], runs["config_file"]))
+    rows += [{"status": "damaged", "config_file": _none(files.get(d)), "run_dir": d, "reason": why}
+             for d, why in sorted((damaged or {}).items())]
     if sweep_dir is not None:
         by_dir = {str(Path(d).resolve()): i for i, d in enumerate(runs["run_dir"])}
         by_file: dict[str, list[str]] = {}
         for d, f in zip(runs["run_dir"], runs["config_file"]):
             if isinstance(f, str) and f:
                 by_file.setdefault(str(Path(f).resolve()), []).append(d)
-        files = sorted(Path(sweep_dir).glob("*.json"))
+        files = json_files(sweep_dir)
         if not files:
             rows.append({"status": "missing", "config_file": str(sweep_dir), "run_dir": None,
                          "reason": "no *.json configs in the sweep folder"})
@@ -100,7 +106,7 @@ def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None) -> pd.Da
                     row["config_file"] = str(f)
     out = pd.DataFrame(rows, columns=ISSUE_COLUMNS).astype(object)
     out = out.where(out.notna(), None)
-    order = {"failed": 0, "interrupted": 1, "broken": 2, "running": 3, "invalid": 4, "missing": 5}
+    order = {"failed": 0, "interrupted": 1, "broken": 2, "running": 3, "invalid": 4, "missing": 5, "damaged": 6}
     return out.sort_values(["status", "config_file"], key=lambda s: s.map(lambda v: order.get(v, 9))
                            if s.name == "status" else s.fillna("")).reset_index(drop=True)
 
@@ -118,7 +124,8 @@ def layer_density_frame(runset: RunSet, sparsity: float) -> pd.DataFrame:
     """Mean remaining density per (dataset, model, warmup, criterion, layer) over seeds at this sparsity."""
     rows = []
     for _, r in _at_sparsity(runset.completed(), sparsity).iterrows():
-        dens = runset.results.get(r["run_dir"], {}).get("layer_density") or {}
+        dens = runset.results.get(r["run_dir"], {}).get("layer_density")
+        dens = {k: d for k, d in dens.items() if isinstance(d, (int, float))} if isinstance(dens, dict) else {}
         for i, (layer, d) in enumerate(dens.items()):
             rows.append({"dataset": r["dataset"], "model": r["model"], "warmup": r["warmup"],
                          "criterion": r["criterion"], "layer": layer, "layer_index": i, "density": d})
@@ -129,8 +136,11 @@ def layer_density_frame(runset: RunSet, sparsity: float) -> pd.DataFrame:
     return frame.groupby(cols, sort=True).agg(density=("density", "mean"), n=("density", "size")).reset_index()
 
 
-def overlap_matrices(runset: RunSet, sparsity: float, progress: bool = True) -> dict[tuple, pd.DataFrame]:
-    """(dataset, model, warmup) -> criteria x criteria mean IoU over runs paired by seed and settings."""
+def overlap_matrices(runset: RunSet, sparsity: float, progress: bool = True,
+                     reader: MaskReader | None = None) -> dict[tuple, pd.DataFrame]:
+    """(dataset, model, warmup) -> criteria x criteria mean IoU over runs paired by seed and settings
+    (a mask that cannot be read is left out, and recorded in ``reader.problems``)."""
+    reader = reader or MaskReader()
     runs = _at_sparsity(runset.completed(), sparsity)
     out: dict[tuple, pd.DataFrame] = {}
     for key, block in runs.groupby(["dataset", "model", "warmup"], sort=True):
@@ -140,7 +150,7 @@ def overlap_matrices(runset: RunSet, sparsity: float, progress: bool = True) -> 
                             disable=not progress or len(pairs) < 20):
             if part["criterion"].nunique() < 2:
                 continue
-            masks = {d: load_mask(d) for d in part["run_dir"]}
+            masks = {d: reader.get(d) for d in part["run_dir"]}
             crit = dict(zip(part["run_dir"], part["criterion"]))
             for a, b in itertools.combinations(sorted(masks), 2):
                 if crit[a] == crit[b] or masks[a] is None or masks[b] is None:
@@ -159,12 +169,13 @@ def overlap_matrices(runset: RunSet, sparsity: float, progress: bool = True) -> 
     return out
 
 
-def stability_frame(runset: RunSet) -> pd.DataFrame:
+def stability_frame(runset: RunSet, reader: MaskReader | None = None) -> pd.DataFrame:
     """Mask IoU between runs that differ only in ``training.compressor.options.seed``."""
+    reader = reader or MaskReader()
     runs = runset.runs.set_index("run_dir")
     rows = []
     for dirs in options_seed_groups(runset).values():
-        masks = {d: load_mask(d) for d in dirs}
+        masks = {d: reader.get(d) for d in dirs}
         values = [mask_iou(masks[a], masks[b]) for a, b in itertools.combinations(dirs, 2)
                   if masks[a] is not None and masks[b] is not None]
         r = runs.loc[dirs[0]]
@@ -185,6 +196,8 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
                  sweep_dir: str | Path | None = None, sparsity: float | None = None, figures: bool = True,
                  progress: bool = True, log: Callable[[str], None] = print) -> Report:
     """Read every run under ``results`` and write the report folder ``out`` (see the module docstring)."""
+    if not Path(results).is_dir():
+        raise FileNotFoundError(f"{results}: no such results folder (give the root passed to run --results)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runset = load_runs(results, progress=progress)
@@ -194,7 +207,19 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     agg, grouping = aggregate(runset, metric)
     md_table = pivot_table(agg, metric=metric)
     tex_table = pivot_table(agg, bold=(r"\textbf{", "}"), metric=metric)
-    issues = collect_issues(runset, sweep_dir)
+
+    pruned = sorted(agg.loc[~agg["dense"], "sparsity"].unique()) if not agg.empty else []
+    chosen = sparsity if sparsity is not None else _closest([float(s) for s in pruned], 0.9)
+    report = Report(out, metric, len(runset.runs), agg, md_table, pd.DataFrame(), grouping, chosen)
+    if sparsity is not None and not any(math.isclose(sparsity, float(x)) for x in pruned):
+        present = ", ".join(f"{x:g}" for x in pruned)
+        log(f"warning: no completed pruned run at sparsity {sparsity:g}; present: {present}")
+    reader = MaskReader()
+    if chosen is not None:
+        report.density = layer_density_frame(runset, chosen)
+        report.overlap = overlap_matrices(runset, chosen, progress, reader)
+    report.stability = stability_frame(runset, reader)
+    issues = report.issues = collect_issues(runset, sweep_dir, reader.problems)
 
     runs_csv = runset.runs.copy()
     if not runs_csv.empty:
@@ -205,17 +230,6 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     rerun = sorted({f for f, st in zip(issues["config_file"], issues["status"])
                     if f and st in ("failed", "interrupted", "missing", "broken") and Path(f).is_file()})
     write_text(out / "rerun.txt", "".join(f + "\n" for f in rerun))
-
-    pruned = sorted(agg.loc[~agg["dense"], "sparsity"].unique()) if not agg.empty else []
-    chosen = sparsity if sparsity is not None else _closest([float(s) for s in pruned], 0.9)
-    report = Report(out, metric, len(runset.runs), agg, md_table, issues, grouping, chosen)
-    if sparsity is not None and not any(math.isclose(sparsity, float(x)) for x in pruned):
-        present = ", ".join(f"{x:g}" for x in pruned)
-        log(f"warning: no completed pruned run at sparsity {sparsity:g}; present: {present}")
-    if chosen is not None:
-        report.density = layer_density_frame(runset, chosen)
-        report.overlap = overlap_matrices(runset, chosen, progress)
-    report.stability = stability_frame(runset)
     report.density.to_csv(out / "layer_density.csv", index=False)
     report.stability.to_csv(out / "stability.csv", index=False)
     overlap_rows = [{"dataset": k[0], "model": k[1], "warmup": k[2], "a": a, "b": b, "iou": m.loc[a, b],

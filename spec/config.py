@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from utils.seeding import MAX_SEED
 from utils.typed import ConfigError, Problem, option, parse_collect
 
 
@@ -30,7 +31,8 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "m
 class GeneralConfig:
     id: str = option("", "experiment name shown in summaries (default: the config file's name)", identity=False)
     experiment: str = option("pbt", "registered trainer (pipeline); 'pbt' = prune before training")
-    seed: int = option(0, "run seed: model init, data order, mask-data sampling", min=0)
+    seed: int = option(0, "run seed: model init, data order, mask-data sampling", min=0,
+                       max=MAX_SEED)
     output_dir: Optional[str] = option(None, "results root for this config (the --results flag overrides it)",
                                        identity=False)
     gpu: GPUConfig = option(factory=GPUConfig, help="device selection", identity=False)
@@ -134,6 +136,8 @@ class TrainingConfig:
     max_batches: Optional[int] = option(None, "smoke runs: cap every pass over a loader (training epochs, BN "
                                               "warmup, validation, test) at this many batches; null: whole passes",
                                         min=1)
+    sync_bn: bool = option(False, "several ranks (torchrun): synchronise BatchNorm statistics across them "
+                                  "(SyncBatchNorm; CUDA only)")
     compile: bool = option(False, "torch.compile the model for training and evaluation (CUDA only; ignored with "
                                   "a notice on the CPU)")
     criterion: LossConfig = option(factory=LossConfig, help="training loss")
@@ -158,17 +162,42 @@ class ExperimentConfig:
 
 
 def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a syntax error becomes a ConfigError naming line and column."""
+    """Read a JSON file; a file that is not UTF-8 text, a syntax error (line and column) or nesting too
+    deep to parse becomes a ConfigError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError([Problem("", f"cannot read file: {exc.strerror}", str(path))]) from None
+        raise ConfigError([Problem("", f"cannot read file: {exc.strerror or exc}", str(path))]) from None
     try:
-        return json.loads(text)
+        return json.loads(utf8_text(raw))
     except json.JSONDecodeError as exc:
-        raise ConfigError([Problem("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-                                   str(path))]) from None
+        message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    except ValueError as exc:  # not UTF-8 text
+        message = str(exc)
+    except RecursionError:
+        message = "JSON nested too deeply to read"
+    raise ConfigError([Problem("", message, str(path))])
+
+
+def utf8_text(raw: bytes) -> str:
+    """``raw`` decoded as UTF-8 (a leading byte-order mark, as some editors write, is dropped); a
+    ValueError saying what the bytes look like (UTF-16, binary) otherwise."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or _ascii_in_utf16(raw[:2]):
+        raise ValueError("the file is UTF-16 text (as some editors save it); save it as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}): a config is a "
+                         "UTF-8 JSON file") from None
+    if "\x00" in text:
+        raise ValueError("a binary file (it holds NUL bytes), not a UTF-8 JSON config")
+    return text
+
+
+def _ascii_in_utf16(head: bytes) -> bool:
+    """Do two bytes look like one printable ASCII character in UTF-16 (a NUL beside it)?"""
+    return len(head) == 2 and head.count(0) == 1 and 32 <= max(head) < 127
 
 
 def parse_config(data: Any, file: str | None = None) -> tuple[ExperimentConfig | None, list[Problem]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from utils.io import csv_text, load_torch, read_json, save_torch, write_json, wr
 SCORE_CACHE = "score_cache"
 INVALID = "invalid"
 BATCHES = "batches"
-NOT_RUN_DIRS = (INVALID, BATCHES, SCORE_CACHE)
+NOT_RUN_DIRS = (INVALID, BATCHES, SCORE_CACHE, "launch", "slurm", "mlruns")  # + launcher logs, MLflow store
 
 
 class Files:
@@ -45,6 +46,9 @@ class Files:
     MASK = "mask.pt"                  # {param_name: bool tensor}
     FINAL_MODEL = "final_model.pt"    # state dict of the trained model
     CHECKPOINT = "checkpoint.pt"      # the resume point (engine.checkpoint)
+    CHECKPOINT_PREV = "checkpoint.prev.pt"  # the one before: the fallback when checkpoint.pt is damaged
+    DAMAGED = ".damaged"              # suffix of a damaged file moved aside (checkpoint.pt.damaged)
+    HEARTBEAT = "heartbeat.json"      # a running run's position: Heartbeat
 
 
 Status = Literal["running", "completed", "failed", "interrupted"]
@@ -66,14 +70,29 @@ class StatusRecord:
     attempts: int = 0
     resumed: bool = False
     seconds: Optional[float] = None
+    history: Optional[list[dict[str, Any]]] = None  # earlier attempts that failed or were interrupted
+    notes: Optional[list[str]] = None               # what the engine did about damaged files
 
     @classmethod
     def from_json(cls, data: Any) -> StatusRecord | None:
-        """The record of a ``status.json`` dict (unknown keys ignored); None for anything else."""
+        """The record of a ``status.json`` dict (unknown keys, and values of the wrong type, ignored); None
+        for anything else."""
         if not isinstance(data, dict):
             return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        kinds = {"attempts": int, "resumed": bool, "seconds": (int, float), "problems": list, "history": list,
+                 "notes": list}
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
+                      if isinstance(data.get(f.name), kinds.get(f.name, str)) and not
+                      (isinstance(data[f.name], bool) and f.name in ("attempts", "seconds"))})
+
+    def retire_attempt(self) -> None:
+        """Move a failed or interrupted attempt's reason and traceback into ``history`` (last 20 kept)."""
+        if self.status in ("failed", "interrupted"):
+            past = {"status": self.status, "attempt": self.attempts, "reason": self.reason,
+                    "traceback": self.traceback, "problems": self.problems, "started": self.started,
+                    "ended": self.updated}
+            self.history = [*(self.history or []), {k: v for k, v in past.items() if v is not None}][-20:]
+        self.reason = self.traceback = self.problems = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -127,6 +146,28 @@ class RunResults:
         }
 
 
+@dataclass
+class Heartbeat:
+    """``heartbeat.json``: where a running run is, rewritten at every epoch and stage (``time`` is epoch
+    seconds); ``main.py status`` reads it to show progress, the age of the last beat and an ETA."""
+
+    phase: str                  # e.g. "train", "scoring"
+    epoch: int                  # data epochs completed
+    step: int                   # training steps taken
+    total_epochs: int           # epochs the run trains in all
+    epoch_seconds: float        # mean seconds per epoch so far (0 before the first)
+    host: str
+    pid: int
+    time: float
+
+    @classmethod
+    def from_json(cls, data: Any) -> Heartbeat | None:
+        try:
+            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        except (TypeError, KeyError):
+            return None
+
+
 def is_completed(status: Any, results: Any) -> bool:
     """A run is completed when its status says so and its results could be read."""
     return isinstance(status, dict) and status.get("status") == "completed" and isinstance(results, dict)
@@ -156,7 +197,7 @@ class RunFolder:
         """The JSON of ``name``, or None when it is missing or unreadable."""
         try:
             return self.read(name)
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
 
     def write(self, name: str, obj: Any) -> None:
@@ -167,13 +208,19 @@ class RunFolder:
         return data if isinstance(data, dict) else None
 
     def set_status(self, status: Status, **fields: Any) -> None:
-        """Update ``status.json`` (a running run drops the reason of an earlier failure)."""
+        """Update ``status.json`` (a running run moves an earlier failure into ``history``)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         record = StatusRecord.from_json(self.status() or {}) or StatusRecord()
         if status == "running":
-            record.reason = record.traceback = record.problems = None
+            record.retire_attempt()
         record = dataclasses.replace(record, **fields, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.write(Files.STATUS, record.to_json())
+
+    def note(self, text: str) -> None:
+        """Add ``text`` to ``status.json``'s ``notes`` (e.g. a damaged checkpoint and what was done instead)."""
+        record = StatusRecord.from_json(self.status() or {}) or StatusRecord()
+        record.notes = [*(record.notes or []), f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}"]
         self.write(Files.STATUS, record.to_json())
 
     def is_completed(self) -> bool:
@@ -221,10 +268,17 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 def batch_record_path(root: str | Path) -> Path:
     """A new file for one batch summary, named by the time to the microsecond (sorted names are in time
-    order; two batches ending in the same second never share a file)."""
+    order) and claimed at once (created exclusively), so two batches never share a file, even two
+    processes ending in the same microsecond."""
     folder = Path(root) / BATCHES
-    while True:
-        now = time.time()
-        path = folder / (time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now % 1 * 1e6):06d}.json")
-        if not path.exists():
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    stem = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now % 1 * 1e6):06d}"
+    for n in itertools.count():
+        path = folder / (stem + (f"_{n}" if n else "") + ".json")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")

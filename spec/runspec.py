@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ class RunSpec:
         """Check a config dict (a file's content or a resolved ``config.json``); see :meth:`load`."""
         problems: list[Problem] = []
         if not isinstance(raw, dict):
-            raise ConfigError([Problem("", f"a config must be a JSON object, got {type(raw).__name__}", file)])
+            raise ConfigError([Problem("", f"a config must be a JSON object, got {json_kind(raw)}", file)])
         raw, sections = _split_sections(raw)
         cfg, found = parse_config(raw)
         problems.extend(found)
@@ -139,6 +140,23 @@ class RunSpec:
         problems: list[Problem] = []
         self._try_build(problems, model=model, criterion=criterion)
         return [dataclasses.replace(p, file=self.file) for p in problems]
+
+    def data_problems(self, seen: dict[str, list[Problem]] | None = None) -> list[Problem]:
+        """Is the dataset present (read from disk, never downloaded) and does ``model.num_classes`` fit it?
+        ``validate --data``; ``seen`` caches the answer per dataset (name, root, options) across configs."""
+        ds = self.config.dataset
+        key = json.dumps([ds.name, ds.root, ds.options, self.config.model.num_classes], sort_keys=True, default=str)
+        seen = {} if seen is None else seen
+        if key not in seen:
+            seen[key] = []
+            try:
+                splits = data.get(ds.name)(root=ds.root, download=False, **ds.options).load()
+                problem = class_count_problem(self.config.model.num_classes, splits.num_classes, ds.name)
+                if problem:
+                    seen[key].append(Problem("model.num_classes", problem))
+            except Exception as exc:  # noqa: BLE001 - whatever stops the data from loading is the answer
+                seen[key].append(Problem("dataset", f"dataset '{ds.name}' cannot be read: {exc}"))
+        return [dataclasses.replace(p, file=self.file) for p in seen[key]]
 
     # ------------------------------------------------------------------------ identity
     @property
@@ -193,14 +211,16 @@ class RunSpec:
 
     # --------------------------------------------------------------------------- building
     def device(self) -> torch.device:
-        """``cuda:<gpu_id>`` when GPUs are requested and available, else the CPU."""
+        """``cuda:<gpu_id>`` when GPUs are requested and available, else the CPU.  A launcher that gives a
+        worker one GPU (``CUDA_VISIBLE_DEVICES``) sets ``PAI_CUDA_INDEX`` to the index to use instead."""
         gpu = self.config.general.gpu
         if gpu.ngpus > 0 and torch.cuda.is_available():
-            return torch.device("cuda", gpu.gpu_id)
+            return torch.device("cuda", int(os.environ.get("PAI_CUDA_INDEX", gpu.gpu_id)))
         return torch.device("cpu")
 
-    def build_loaders(self, device: torch.device) -> data.Loaders:
-        """Train / val / test / mask loaders; seeds every RNG with the run seed first."""
+    def build_loaders(self, device: torch.device, rank: int = 0, world: int = 1) -> data.Loaders:
+        """Train / val / test / mask loaders (the training batches split over ``world`` ranks); seeds every
+        RNG with the run seed first."""
         cfg, ds, comp = self.config, self.config.dataset, self.config.training.compressor
         seed_everything(cfg.general.seed)
         splits = data.get(ds.name)(root=ds.root, download=ds.download, **ds.options).load()
@@ -208,10 +228,16 @@ class RunSpec:
             splits, batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size, num_workers=ds.num_workers,
             train4val=ds.train4val, val_fraction=ds.val_fraction, mask_batch_size=comp.batch_size,
             per_class_samples=comp.per_class_samples, seed=cfg.general.seed, pin_memory=device.type == "cuda",
-            loader=ds.loader, device=device, dataset_name=f"dataset '{ds.name}'")
+            loader=ds.loader, device=device, dataset_name=f"dataset '{ds.name}'", rank=rank, world=world)
 
     def num_classes(self, loaders: data.Loaders) -> int:
-        return self.config.model.num_classes or loaders.num_classes
+        """``model.num_classes``, else the dataset's; a ValueError when the model would have fewer outputs
+        than the data has classes (known here, from the loaded data, for datasets such as imagefolder)."""
+        given = self.config.model.num_classes
+        problem = class_count_problem(given, loaders.num_classes, self.config.dataset.name)
+        if problem:
+            raise ValueError(f"model.num_classes: {problem}")
+        return given or loaders.num_classes
 
     def build_model(self, loaders: data.Loaders) -> nn.Module:
         """The network at initialisation, drawn from a seed derived from the run seed."""
@@ -235,6 +261,13 @@ class RunSpec:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def json_kind(value: Any) -> str:
+    """The JSON name of a value's type (``null``, ``a list`` ...), for messages."""
+    kinds = {type(None): "null", list: "a list", str: "a string", bool: "true/false", int: "a number",
+             float: "a number", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def identity_hash(identity: dict[str, Any]) -> str:
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -286,6 +319,22 @@ def _split_sections(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return raw, sections
 
 
+def class_count_problem(given: int | None, classes: int | None, dataset: str) -> str | None:
+    """What is wrong with ``model.num_classes`` = ``given`` for a dataset of ``classes`` classes, if anything:
+    fewer outputs than classes (``Target 9 is out of bounds`` in the middle of training otherwise)."""
+    if given is None or classes is None or given >= classes:
+        return None
+    return (f"{given} is smaller than the {classes} classes of dataset '{dataset}'; valid: null (from the "
+            f"dataset) or at least {classes}")
+
+
+def _check_num_classes(cfg: ExperimentConfig, ds_cls: Any, problems: list[Problem]) -> None:
+    """``model.num_classes`` below the class count the dataset class declares (others: at run time)."""
+    problem = class_count_problem(cfg.model.num_classes, getattr(ds_cls, "num_classes", None), cfg.dataset.name)
+    if problem:
+        problems.append(Problem("model.num_classes", problem))
+
+
 def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Problem], file: str | None) -> RunSpec:
     """Canonical names, complete options and the experiment's cross-field checks."""
     out = copy.deepcopy(cfg)
@@ -303,6 +352,7 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
     if ds_cls is not None:
         out.dataset.name = data.REGISTRY.canonical(cfg.dataset.name)
         out.dataset.options = to_dict(ds_opts) if ds_opts is not None else cfg.dataset.options
+    _check_num_classes(cfg, ds_cls, problems)
     if _lookup(models.get, cfg.model.name, "model.class", problems) is not None:
         out.model.name = models.REGISTRY.canonical(cfg.model.name)
     comp = out.training.compressor

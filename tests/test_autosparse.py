@@ -18,6 +18,7 @@ from autosparse.features import tensor_features
 from autosparse.predictor import PredictorError, build_mlp, load_predictor, make_settings, save_predictor
 from autosparse.train import FitOptions, collect_rows, fit, spearman, split_holdout
 from launch.runner import run_config
+from utils.io import save_torch
 from utils.typed import ConfigError
 
 N_ITER = 4
@@ -153,11 +154,11 @@ def test_criterion_errors_on_missing_corrupt_or_incompatible_predictors(tmp_path
         compressors.build("autosparse", predictor=str(tmp_path / "dataset.pt"))
     blob = torch.load(_predictor(tmp_path / "p.pt", [16]), weights_only=True)
     blob["settings"]["hidden"] = [8]
-    torch.save(blob, tmp_path / "mismatch.pt")
+    save_torch(tmp_path / "mismatch.pt", blob)
     with pytest.raises(PredictorError, match=r"mismatch\.pt.*does not match an MLP with hidden sizes \[8\]"):
         compressors.build("autosparse", predictor=str(tmp_path / "mismatch.pt"))
     blob["settings"].update(hidden=[16], feature_names=["theta0", "hessian"])
-    torch.save(blob, tmp_path / "features.pt")
+    save_torch(tmp_path / "features.pt", blob)
     with pytest.raises(PredictorError, match="incompatible settings"):
         compressors.build("autosparse", predictor=str(tmp_path / "features.pt"))
 
@@ -233,3 +234,27 @@ def test_criterion_end_to_end_on_digits(tmp_path: Path) -> None:
     path.write_text(json.dumps(cfg))
     out = run_config(path, results=tmp_path / "res", log=lambda s: None)
     assert out.status == "failed" and "missing.pt" in out.reason
+
+
+def test_a_byte_flipped_predictor_fails_validate_naming_the_file(make_config, tmp_path: Path, capsys) -> None:
+    from helpers import flip_tensor_byte
+
+    path = _predictor(tmp_path / "predictor.pt", [16, 16])
+    cfg = make_config("autos", **{"training.compressor.class": "autosparse",
+                                  "training.compressor.options": {"predictor": str(path)}})
+    assert cli.main(["validate", str(cfg)]) == 0
+    flip_tensor_byte(path)
+    torch.load(path, weights_only=True)  # torch alone would use it
+    assert cli.main(["validate", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert f"autosparse predictor '{path}': cannot be read (content digest mismatch" in out
+
+
+def test_a_version_1_predictor_without_a_digest_is_read_with_a_warning(tmp_path: Path) -> None:
+    blob = torch.load(_predictor(tmp_path / "p.pt"), weights_only=True)
+    torch.save({**blob, "version": 1}, tmp_path / "old.pt")  # as versions before content digests wrote it
+    with pytest.warns(UserWarning, match="written before content digests"):
+        load_predictor(tmp_path / "old.pt")
+    torch.save(blob, tmp_path / "lost.pt")  # version 2 always carries its digest: this one lost it
+    with pytest.raises(PredictorError, match=r"lost\.pt'.*damaged \(.*no content digest"):
+        load_predictor(tmp_path / "lost.pt")

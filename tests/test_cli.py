@@ -211,3 +211,158 @@ def test_the_command_line_loads_no_heavy_library_until_a_command_runs() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+# ------------------------------------------------------------------------------------ issue 13: robustness
+def test_validate_data_checks_that_each_dataset_is_present(make_config, tmp_path: Path, capsys) -> None:
+    good = make_config("digits")
+    absent = make_config("cifar", **{"dataset.class": "cifar10", "dataset.root": str(tmp_path / "no_data"),
+                                     "model.class": "resnet18", "model.options": {}})
+    assert main(["validate", str(good), str(absent)]) == 0  # the shapes are fine
+    assert main(["validate", "--data", str(good), str(absent)]) == 1
+    out = capsys.readouterr().out.split("valid, 0 invalid")[-1]
+    assert f"OK       {good}" in out and f"INVALID  {absent}" in out
+    assert f"{absent}: dataset: dataset 'cifar10' cannot be read" in out and "cifar-10-batches-py" in out
+
+
+def test_validate_never_imports_a_module_that_was_not_allowed(make_config, tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:
+    import sys
+
+    marker = tmp_path / "it_ran"
+    (tmp_path / "side_effect_lab.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("PAI_ALLOW_MODULES", raising=False)
+    cfg = make_config("ext", **{"training.compressor.class": "side_effect_lab:Crit"})
+    assert main(["validate", str(cfg)]) == 1
+    out = capsys.readouterr().out
+    assert "module 'side_effect_lab' is not imported, as it was not allowed" in out and "--allow-module" in out
+    assert not marker.exists() and "side_effect_lab" not in sys.modules
+    try:
+        assert main(["validate", str(cfg), "--allow-module", "side_effect_lab"]) == 1  # imported: no class Crit
+        assert marker.exists() and "has no attribute 'Crit'" in capsys.readouterr().out
+    finally:
+        sys.modules.pop("side_effect_lab", None)
+
+
+def test_a_batch_always_finishes_with_its_summary_and_record(make_config, tmp_path: Path, capsys) -> None:
+    good = make_config("a_good", **{"training.num_steps": 1, "general.id": "my_experiment"})
+    folder = good.parent
+    (folder / "b_binary.json").write_bytes(bytes(range(256)))
+    (folder / "c_utf16.json").write_bytes(good.read_text().encode("utf-16"))
+    (folder / "d_deep.json").write_text("[" * 50000 + "]" * 50000)
+    (folder / "e_dangling.json").symlink_to(tmp_path / "gone.json")
+    (folder / "._a_good.json").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    results = tmp_path / "results"
+    assert main(["run", str(folder), "--results", str(results)]) == 1
+    out = capsys.readouterr().out
+    (record,) = (results / "batches").glob("*.json")
+    outcomes = {Path(o["config"]).name: o for o in json.loads(record.read_text())}
+    assert sorted(outcomes) == ["a_good.json", "b_binary.json", "c_utf16.json", "d_deep.json", "e_dangling.json"]
+    assert outcomes["a_good.json"]["status"] == "completed" and outcomes["a_good.json"]["id"] == "my_experiment"
+    reasons = {name: o["reason"] for name, o in outcomes.items() if o["status"] == "failed"}
+    assert "not UTF-8 text" in reasons["b_binary.json"] and "UTF-16" in reasons["c_utf16.json"]
+    assert "nested too deeply" in reasons["d_deep.json"] and "cannot read file" in reasons["e_dangling.json"]
+    summary = out[out.rindex("\nconfig "):]
+    (row,) = [line for line in summary.splitlines() if line.startswith("a_good.json")]
+    assert row.split()[:3] == ["a_good.json", "my_experiment", "completed"]  # general.id is shown
+    for name in reasons:  # each FAILED line names its config once
+        (line,) = [x for x in summary.splitlines() if x.startswith("FAILED") and name in x]
+        assert line.count(name) == 1, line
+
+
+def test_a_failed_run_resumes_from_its_last_checkpoint_and_restart_starts_over(make_config, tmp_path: Path,
+                                                                              capsys) -> None:
+    from launch.runner import run_config
+
+    cfg = make_config(**{"training.num_steps": 3})
+    reference = run_config(cfg, results=tmp_path / "a", log=lambda s: None)
+
+    def transient(epoch: int, row: dict) -> None:
+        if epoch == 2:
+            raise OSError(28, "No space left on device")
+
+    failed = run_config(cfg, results=tmp_path / "b", log=lambda s: None, on_epoch_end=transient)
+    assert failed.status == "failed" and "No space left" in failed.reason
+    folder = Path(failed.run_dir)
+    resumed = run_config(cfg, results=tmp_path / "b", log=lambda s: None)
+    assert resumed.status == "completed"
+    status = json.loads((folder / "status.json").read_text())
+    assert status["resumed"] is True and status["attempts"] == 2 and "reason" not in status
+    (past,) = status["history"]
+    assert past["status"] == "failed" and "No space left" in past["reason"] and "Traceback" in past["traceback"]
+    history = json.loads((folder / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]  # epoch 2 was checkpointed before the failure
+    a, b = (load_torch(Path(d) / "final_model.pt") for d in (reference.run_dir, resumed.run_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    write_json(folder / "status.json", {**status, "status": "failed", "reason": "simulated"})
+    assert main(["run", str(cfg), "--results", str(tmp_path / "b"), "--restart"]) == 0
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "completed" and status["resumed"] is False and "history" not in status
+
+
+@pytest.mark.parametrize("name,content", [("results.json", b'{"final_test_acc": 0.9'), ("results.json", b"[1]"),
+                                          ("status.json", b'{"status": "comp'), ("status.json", b'["completed"]'),
+                                          ("status.json", b'{"status": "failed", "attempts": "x"}')])
+def test_a_damaged_record_in_a_run_folder_never_stops_a_rerun(make_config, tmp_path: Path, name: str,
+                                                              content: bytes) -> None:
+    from launch.runner import run_config
+
+    cfg = make_config(**{"training.num_steps": 1})
+    first = run_config(cfg, results=tmp_path, log=lambda s: None)
+    (Path(first.run_dir) / name).write_bytes(content)
+    again = run_config(cfg, results=tmp_path, log=lambda s: None)
+    assert again.status == "completed" and again.test_acc == first.test_acc
+    assert json.loads((Path(first.run_dir) / "results.json").read_text())["final_test_acc"] == first.test_acc
+
+
+def test_a_full_disk_while_writing_environment_json_fails_that_run_only(make_config, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    import errno
+    import os
+
+    from launch.runner import run_batch
+    from utils import io
+
+    fsync = os.fsync
+
+    def full_for_environment(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".environment.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(io.os, "fsync", full_for_environment)
+    a = make_config("a", **{"training.num_steps": 1})
+    b = make_config("b", **{"training.num_steps": 1, "general.seed": 1})
+    outcomes = run_batch([a], results=tmp_path, log=lambda s: None)
+    monkeypatch.setattr(io.os, "fsync", fsync)
+    outcomes += run_batch([b], results=tmp_path, log=lambda s: None)
+    assert [o.status for o in outcomes] == ["failed", "completed"]
+    assert "environment.json: the disk is full?" in outcomes[0].reason and "MiB free there" in outcomes[0].reason
+    status = json.loads((Path(outcomes[0].run_dir) / "status.json").read_text())
+    assert status["status"] == "failed" and "environment.json" in status["reason"]
+    assert len(list((tmp_path / "batches").glob("*.json"))) == 2
+
+
+def test_two_batches_ending_in_the_same_microsecond_keep_two_records(tmp_path: Path, monkeypatch) -> None:
+    from spec import folder
+
+    monkeypatch.setattr(folder.time, "time", lambda: 1_700_000_000.25)
+    first, second = folder.batch_record_path(tmp_path), folder.batch_record_path(tmp_path)
+    assert first != second and first.exists() and second.exists() and sorted([first, second]) == [first, second]
+
+
+def test_run_folder_files_are_readable_by_colleagues(make_config, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from launch.runner import run_config
+
+    previous = os.umask(0o022)
+    try:
+        out = run_config(make_config(**{"training.num_steps": 1}), results=tmp_path, log=lambda s: None)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in Path(out.run_dir).iterdir() if p.is_file()}
+    assert {"config.json", "status.json", "checkpoint.pt", "mask.pt", "results.json"} <= set(modes)
+    assert set(modes.values()) == {0o644}, modes

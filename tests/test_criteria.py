@@ -306,3 +306,33 @@ def test_trainer_reuses_scores_across_sparsities(make_config, tmp_path: Path) ->
     assert (ra["score_cache"], rb["score_cache"]) == ("miss", "hit")
     assert ra["score_cache_key"] == rb["score_cache_key"]
     assert rb["achieved_sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_a_score_cache_entry_with_flipped_bytes_is_recomputed_not_reused(make_config, tmp_path: Path) -> None:
+    from helpers import flip_tensor_byte
+
+    from launch.runner import run_config
+    from utils.io import load_torch
+
+    cfg = make_config(**{"training.num_steps": 1})
+    first = run_config(cfg, results=tmp_path, log=lambda s: None)
+    (entry,) = (tmp_path / "score_cache").glob("snip-*.pt")
+    flip_tensor_byte(entry)  # the key is kept: only the digest tells the scores are not the ones computed
+    with pytest.warns(UserWarning, match=r"score cache entry not used.*content digest mismatch"):
+        again = run_config(cfg, results=tmp_path, force=True, log=lambda s: None)
+    results = json.loads((Path(again.run_dir) / "results.json").read_text())
+    assert results["score_cache"] == "miss" and again.test_acc == first.test_acc
+    assert load_torch(entry)["key"]  # rewritten intact
+
+
+def test_scores_that_are_not_finite_are_neither_used_nor_cached(tmp_path: Path) -> None:
+    model, names, batches, _ = _setup((2, 2))
+    crit = compressors.build("hutch_diag", probes=2, seed=3)
+    crit.compute = lambda *a: {n: torch.full_like(p, float("nan")) for n, p in model.named_parameters() if n in names}
+    with pytest.raises(ValueError, match=r"criterion 'hutch_diag' gave scores that are not finite"):
+        score_with_cache(crit, model, batches, LOSS, names=names, sparsity=None, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("*.pt"))
+    with pytest.raises(ValueError, match="not finite"):
+        compressors.check_scores({"w": torch.tensor([1.0, float("inf")])}, "x")
+    with pytest.raises(ValueError, match="m.pt: the mask of w holds values other than 0 and 1"):
+        compressors.check_masks({"w": torch.tensor([1.0, 0.5])}, "m.pt")

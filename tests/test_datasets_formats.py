@@ -191,6 +191,27 @@ def test_imagefolder_resizes_computes_and_caches_normalisation(tmp_path: Path) -
     assert torch.equal(dd.train_targets, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
 
 
+def test_a_damaged_statistics_or_image_cache_is_recomputed_not_a_failure(tmp_path: Path) -> None:
+    write_image_tree(tmp_path / "mydata", splits=("train", "test"))
+    load = lambda: data.get("imagefolder")(root=str(tmp_path), path="mydata", image_size=16).load()
+    splits = load()
+    good_x, _ = splits.train_eval[0]
+    images = splits.device_data().train_images
+    (stats,) = (tmp_path / "mydata" / ".pai_cache").glob("stats-*.json")
+    arrays = sorted((tmp_path / "mydata" / ".pai_cache").glob("uint8-*.npz"))
+    for damage in (b'{"mean": [0.5, 0.5', b"[1, 2]", b'{"mean": [0, 0, 0], "std": [0, 1, 1]}'):
+        stats.write_bytes(damage)
+        for f in arrays:
+            f.write_bytes(f.read_bytes()[:100])
+        with pytest.warns(UserWarning, match=r"damaged cache file .*stats-"):
+            again = load()
+        x, _ = again.train_eval[0]
+        assert torch.equal(x, good_x)
+        with pytest.warns(UserWarning, match=r"damaged cache file .*uint8-"):
+            assert torch.equal(again.device_data().train_images, images)
+    assert json.loads(stats.read_text())["std"][0] > 0  # rewritten
+
+
 def test_imagefolder_given_constants_imagenet_preset_and_errors(tmp_path: Path) -> None:
     write_image_tree(tmp_path / "d", splits=("train", "test"), fmt="JPEG", size=(48, 48))
     opts = dict(path=str(tmp_path / "d"), image_size=32, augment="imagenet", mean=[0.5] * 3, std=[0.25] * 3)

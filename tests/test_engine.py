@@ -212,11 +212,70 @@ def test_a_foreign_or_old_checkpoint_is_refused_naming_the_file(make_config, tmp
     torch.save({"epoch": 1, "model": {}}, ckpt_path)  # the unversioned format of earlier versions
     out = run_config(cfg, results=tmp_path, log=lambda s: None)
     assert out.status == "failed" and "CheckpointError" in out.reason and str(ckpt_path) in out.reason
-    assert "not a 'pai-checkpoint' file" in out.reason and "--force" in out.reason
+    assert "not a 'pai-checkpoint' file" in out.reason and "--restart" in out.reason
     save_checkpoint(tmp_path / "v.pt", {"stage": 0}, experiment="pbt", run_hash="abc")
     assert load_checkpoint(tmp_path / "v.pt", experiment="pbt", run_hash="abc")["stage"] == 0
     with pytest.raises(CheckpointError, match="not by 'irp' for run abc"):
         load_checkpoint(tmp_path / "v.pt", experiment="irp", run_hash="abc")
     torch.save({"format": "pai-checkpoint", "version": 99}, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match="version 99, this version reads 1"):
+    with pytest.raises(CheckpointError, match="version 99, this version reads 2"):
         load_checkpoint(tmp_path / "future.pt", experiment="pbt", run_hash="abc")
+
+
+# ------------------------------------------------------------------------------- damaged checkpoints
+def _interrupted_copy(make_config, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(config, reference run folder, run folder interrupted after 2 of 3 epochs)."""
+    cfg = make_config(**{"training.num_steps": 3})
+    reference = run_config(cfg, results=tmp_path / "a", log=lambda s: None)
+    interrupt_after(cfg, tmp_path / "b", 2)
+    return cfg, Path(reference.run_dir), Path(reference.run_dir.replace(str(tmp_path / "a"), str(tmp_path / "b")))
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_ends_identical(make_config, tmp_path: Path) -> None:
+    from helpers import flip_tensor_byte
+
+    cfg, reference, folder = _interrupted_copy(make_config, tmp_path)
+    assert load_torch(folder / "checkpoint.prev.pt")["epoch"] == 1
+    flip_tensor_byte(folder / "checkpoint.pt")  # torch would load it: a silently wrong resume without the digest
+    lines: list[str] = []
+    resumed = run_config(cfg, results=tmp_path / "b", log=lines.append)
+    assert resumed.status == "completed", resumed.reason
+    status = json.loads((folder / "status.json").read_text())
+    (note,) = status["notes"]
+    assert "checkpoint.pt: content digest mismatch" in note and "resumed from checkpoint.prev.pt (epoch 1)" in note
+    assert any("damaged checkpoint" in line for line in lines) and (folder / "checkpoint.pt.damaged").exists()
+    a, b = _final_weights(str(reference)), _final_weights(str(folder))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resumed exactly, from one epoch earlier
+    assert not (folder / "checkpoint.prev.pt").exists()  # a completed run keeps no fallback
+
+
+def test_empty_and_truncated_checkpoints_start_the_run_over_with_the_reason_noted(make_config, tmp_path: Path) -> None:
+    from helpers import truncate
+
+    cfg, reference, folder = _interrupted_copy(make_config, tmp_path)
+    (folder / "checkpoint.pt").write_bytes(b"")
+    truncate(folder / "checkpoint.prev.pt")
+    resumed = run_config(cfg, results=tmp_path / "b", log=lambda s: None)
+    assert resumed.status == "completed", resumed.reason
+    (note,) = json.loads((folder / "status.json").read_text())["notes"]
+    assert "checkpoint.pt: empty file" in note and "checkpoint.prev.pt: no content digest" in note
+    assert "the run starts over" in note
+    a, b = _final_weights(str(reference)), _final_weights(str(folder))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scores_that_are_not_finite_fail_the_run_before_any_mask_is_chosen(make_config, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    (tmp_path / "nan_lab.py").write_text(
+        "import torch\nfrom compressors.base import Compressor\n\n"
+        "class NaNScores(Compressor):\n    needs_data = False\n\n"
+        "    def compute(self, model, names, mask_loader, loss_fn, sparsity):\n"
+        "        params = dict(model.named_parameters())\n"
+        "        return {n: torch.full_like(params[n], float('nan')) for n in names}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PAI_ALLOW_MODULES", "nan_lab")
+    out = run_config(make_config(**{"training.compressor.class": "nan_lab:NaNScores"}), results=tmp_path / "r",
+                     log=lambda s: None)
+    assert out.status == "failed"
+    assert "gave scores that are not finite in 3 of 3 tensors: 0.weight (72 NaN" in out.reason
+    assert not (Path(out.run_dir) / "mask.pt").exists() and not list((tmp_path / "r" / "score_cache").glob("*.pt"))

@@ -13,7 +13,7 @@ import compressors
 import data
 import models
 import trainers
-from utils.registry import Registry, UnknownName
+from utils.registry import ALLOW_ENV, Registry, UnknownName
 
 
 def test_lookup_is_case_insensitive_and_aliases_work() -> None:
@@ -53,6 +53,11 @@ def test_dotted_path_loads_a_criterion_from_outside_the_repo(tmp_path: Path, mon
                 return {n: -params[n].detach().abs() for n in names}
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    with pytest.raises(UnknownName, match="not allowed.*--allow-module my_lab"):
+        compressors.build("my_lab.crit:Ones")
+    assert "my_lab.crit" not in sys.modules and "my_lab" not in sys.modules  # nothing was imported
+    monkeypatch.setenv(ALLOW_ENV, "my_lab,no_such_module_xyz")
     crit = compressors.build("my_lab.crit:Ones")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
     scores = crit.score(model)

@@ -16,6 +16,7 @@ import main
 from reporting import aggregate, build_report, chance_iou, collect_issues, format_cell, load_runs, mask_iou
 from reporting.report import overlap_matrices, stability_frame
 from spec import RunSpec
+from utils.io import save_torch
 
 BASE: dict[str, Any] = {
     "general": {"experiment": "pbt", "seed": 0},
@@ -53,7 +54,7 @@ def make_run(root: Path, *, acc: float | None = None, status: str = "completed",
                "layer_density": density or {"conv.weight": 0.2, "fc.weight": 0.05}}
         (path / "results.json").write_text(json.dumps(res))
     if mask is not None:
-        torch.save(mask, path / "mask.pt")
+        save_torch(path / "mask.pt", mask)
     return path
 
 
@@ -248,7 +249,13 @@ def test_report_command_writes_tables_and_figures(tmp_path, capsys):
     assert "| criterion | random | snip |" in page and "| snip | 0 | 1 |" in page  # IoU matrix keeps row names
     density = pd.read_csv(out / "layer_density.csv")
     assert set(density["density"]) == {0.2, 0.05}
-    assert main.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep2")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep2")]) == 1  # no run
+
+
+def test_report_on_a_missing_folder_is_an_error_and_writes_nothing(tmp_path, capsys):
+    assert main.main(["report", str(tmp_path / "typo"), "--out", str(tmp_path / "rep")]) == 2
+    assert "typo: no such results folder" in capsys.readouterr().err and not (tmp_path / "rep").exists()
 
 
 def test_report_no_figures_writes_tables_only(tmp_path):
@@ -259,3 +266,73 @@ def test_report_no_figures_writes_tables_only(tmp_path):
     assert main.main(["report", str(results), "--out", str(out), "--no-figures"]) == 0
     assert (out / "table.md").is_file() and (out / "runs.csv").is_file()
     assert not list(out.rglob("*.png")) and not list(out.rglob("*.pdf"))
+
+
+GARBAGE = {  # file -> bytes written over a real run folder's file
+    "status_not_utf8": ("status.json", b'{"status": "comp\xff\xfeleted"}'),
+    "status_list": ("status.json", b'["completed"]'),
+    "config_string": ("config.json", b'"just a string"'),
+    "config_deep": ("config.json", b"[" * 50000 + b"]" * 50000),
+    "sparsity_text": ("config.json", None),  # "sparsity": "abc"
+    "results_inf": ("results.json", b'{"final_test_acc": Infinity, "best_val_test_acc": Infinity}'),
+    "results_list": ("results.json", b"[0.9]"),
+}
+
+
+def test_garbage_run_folders_are_listed_as_issues_and_never_averaged(tmp_path):
+    good = [make_run(tmp_path, seed=s, acc=0.8) for s in (0, 1)]
+    folders = {}
+    for i, (key, (name, content)) in enumerate(GARBAGE.items(), start=2):
+        folders[key] = make_run(tmp_path, seed=i, acc=0.8)
+        if content is None:
+            cfg = json.loads((folders[key] / name).read_text())
+            cfg["training"]["compressor"]["sparsity"] = "abc"
+            content = json.dumps(cfg).encode()
+        (folders[key] / name).write_bytes(content)
+    report = build_report(tmp_path, tmp_path / "rep", figures=False, progress=False, log=lambda s: None)
+    (row,) = report.aggregated.itertuples()
+    assert row.n == 2 and row.mean == pytest.approx(0.8) and row.seeds == "0,1"  # only the two good runs
+    issues = report.issues.set_index("run_dir")
+    for key, folder in folders.items():
+        assert issues.loc[str(folder), "status"] == "broken", key
+    reasons = {key: issues.loc[str(folder), "reason"] for key, folder in folders.items()}
+    assert "status.json is unreadable" in reasons["status_not_utf8"]
+    assert "status.json holds list" in reasons["status_list"] and "config.json holds str" in reasons["config_string"]
+    assert "config.json is unreadable (RecursionError" in reasons["config_deep"]
+    assert "training.compressor.sparsity is 'abc'" in reasons["sparsity_text"]
+    assert "results.json: final_test_acc, best_val_test_acc not finite (inf)" in reasons["results_inf"]
+    assert "results.json holds list" in reasons["results_list"]
+    assert str(good[0]) not in issues.index
+
+
+def test_a_truncated_mask_is_listed_as_an_issue_not_silently_dropped(tmp_path):
+    from helpers import truncate
+
+    snip = make_run(tmp_path, criterion="snip", acc=0.9, mask=_mask([1] * 10 + [0] * 20), config_file="s.json")
+    make_run(tmp_path, criterion="magnitude", acc=0.9, mask=_mask([1] * 5 + [0] * 25))
+    truncate(snip / "mask.pt")
+    report = build_report(tmp_path, tmp_path / "rep", figures=False, progress=False, log=lambda s: None)
+    (issue,) = report.issues.itertuples()
+    assert issue.status == "damaged" and issue.run_dir == str(snip) and issue.config_file == "s.json"
+    assert "mask.pt cannot be used (left out of the mask overlap)" in issue.reason
+    assert "no content digest" in issue.reason
+    assert report.overlap == {} and "damaged" in (tmp_path / "rep" / "report.md").read_text()
+    assert (tmp_path / "rep" / "rerun.txt").read_text() == ""  # a completed run: rerunning would skip it
+
+
+def test_legends_of_many_variants_stay_inside_the_figure_and_off_the_plot():
+    import matplotlib.pyplot as plt
+
+    from reporting.figures import place_legend
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i in range(40):
+        ax.plot([0, 1], [i, i + 1], label=f"snip [compressor.options.temperature={i}, optimizer.learning_rate=0.{i}]")
+    legend = place_legend(ax, fig)
+    fig.tight_layout()
+    fig.canvas.draw()
+    box, plot, page = legend.get_window_extent(), ax.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1
+    assert box.x0 >= plot.x1  # beside the axes, not over the lines
+    assert plot.width > 0.3 * page.width  # and the plot keeps a usable width
+    plt.close(fig)

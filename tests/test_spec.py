@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -151,6 +152,84 @@ def test_a_top_level_that_is_not_an_object_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         RunSpec.load(path)
     assert "must be a JSON object" in str(err.value) and str(path) in str(err.value)
+
+
+NON_FINITE = {"training.optimizer.learning_rate": float("nan"), "training.compressor.sparsity": float("nan"),
+              "training.optimizer.kwargs.momentum": float("inf"), "training.grad_clip": float("nan"),
+              "training.criterion.kwargs.label_smoothing": float("-inf"), "dataset.val_fraction": float("nan"),
+              "training.optimizer.kwargs.lr_drop_factor": float("inf"),
+              "training.optimizer.kwargs.w_decay": float("nan"),
+              "training.compressor.class": "hts",
+              "training.compressor.options": {"temperature": float("nan"), "probes": 2},
+              "model.options": {"width": 8, "scale": [1.0, float("inf")]}}
+
+
+def test_nan_and_infinity_are_refused_in_every_number(make_config) -> None:
+    path = make_config(**NON_FINITE)
+    assert "NaN" in path.read_text() and "Infinity" in path.read_text()  # what Python's json module accepts
+    with pytest.raises(ConfigError) as err:
+        RunSpec.load(path)
+    where = {p.path: p.message for p in err.value.problems}
+    expected = {k for k in NON_FINITE if k not in ("training.compressor.class", "training.compressor.options",
+                                                   "model.options")}
+    expected |= {"training.compressor.options.temperature", "model.options.scale[1]"}
+    assert set(where) == expected
+    assert all("is not a finite number" in m for m in where.values())
+
+
+def test_integers_beyond_what_the_run_can_use_are_refused(make_config) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunSpec.load(make_config(**{"general.seed": 2**70, "dataset.batch_size": 1e30,
+                                    "training.compressor.options": {"seed": 2**63},
+                                    "training.compressor.class": "hts"}))
+    where = {p.path: p.message for p in err.value.problems}
+    assert set(where) == {"general.seed", "dataset.batch_size", "training.compressor.options.seed"}
+    assert "out of range" in where["general.seed"] and "out of range" in where["training.compressor.options.seed"]
+    assert RunSpec.load(make_config(**{"general.seed": 2**63 - 1})).config.general.seed == 2**63 - 1
+
+
+def test_fewer_model_outputs_than_dataset_classes_is_a_problem(make_config) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunSpec.load(make_config(**{"model.num_classes": 3}))
+    (problem,) = err.value.problems
+    assert problem.path == "model.num_classes" and "smaller than the 10 classes of dataset 'digits'" in problem.message
+    assert RunSpec.load(make_config(**{"model.num_classes": 12})).config.model.num_classes == 12
+    # a dataset whose class count is known only from its files: a clear error when the data is loaded
+    spec = RunSpec.load(make_config(**{"dataset.class": "imagefolder", "dataset.options": {"path": "x"},
+                                       "model.num_classes": 3}))
+    with pytest.raises(ValueError, match="model.num_classes: 3 is smaller than the 10 classes"):
+        spec.num_classes(SimpleNamespace(num_classes=10))
+
+
+@pytest.mark.parametrize("content,message", [
+    (json.dumps({"general": {"seed": 1}}).encode("utf-16"), "UTF-16"),
+    (json.dumps({"general": {"seed": 1}}).encode("utf-16-le"), "UTF-16"),
+    (b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X", "binary file"),
+    (b'{"general": {"id": "caf\xe9"}}', "not UTF-8 text (byte 0xe9 at offset 23)"),
+    (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+    (b"null", "must be a JSON object, got null"),
+])
+def test_a_config_that_cannot_be_read_is_one_clear_problem(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        RunSpec.load(path)
+    (problem,) = err.value.problems
+    assert message in problem.message and problem.file == str(path)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"general": {"seed": 4}}).encode())
+    assert RunSpec.load(path).config.general.seed == 4
+
+
+def test_options_nested_too_deeply_are_refused_not_recursed_into(make_config) -> None:
+    deep: list = []
+    for _ in range(500):
+        deep = [deep]
+    with pytest.raises(ConfigError, match="model.options.x.*nested more than 64 levels"):
+        RunSpec.load(make_config(**{"model.options": {"x": deep}}))
 
 
 # ------------------------------------------------------------------------------------------ identity

@@ -151,7 +151,7 @@ def test_dataset_round_trips_with_weights_only(tmp_path: Path) -> None:
     raw = torch.load(tmp_path / "autos_dataset.pt", weights_only=True)
     back = load_dataset(tmp_path / "autos_dataset.pt")
     for blob in (raw, back):
-        assert blob["format"] == "autosparse-dataset" and blob["version"] == 1 and blob["iterations"] == 3
+        assert blob["format"] == "autosparse-dataset" and blob["version"] == 2 and blob["iterations"] == 3
         assert blob["seed"] == 5 and [t["name"] for t in blob["tensors"]] == ["a", "b"]
         for t in blob["tensors"]:
             n = t["name"]
@@ -204,6 +204,19 @@ def test_irp_end_to_end_records_masks_and_scores(irp_runs: dict[str, Path]) -> N
     results = json.loads((run / "results.json").read_text())
     assert results["achieved_sparsity"] == pytest.approx(1 - round(0.1 * total) / total)
     assert results["epochs"] == 4  # 3 iterations + the final training
+
+
+def test_a_byte_flipped_autosparse_dataset_is_refused_naming_the_file(irp_runs: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    from helpers import flip_tensor_byte
+
+    path = tmp_path / "autos_dataset.pt"
+    path.write_bytes((irp_runs["full"] / "autos_dataset.pt").read_bytes())
+    assert load_dataset(path)["iterations"] == 3
+    flip_tensor_byte(path)
+    torch.load(path, weights_only=True)  # torch alone would train a predictor on it
+    with pytest.raises(DatasetFormatError, match=r"autos_dataset\.pt: not a readable torch file \(content digest"):
+        load_dataset(path)
 
 
 def test_irp_rewinds_to_theta0_when_the_final_training_is_skipped(tmp_path: Path) -> None:

@@ -1,34 +1,111 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+"""Atomic file writes, and torch files that carry a digest of their own content.
 
-A process killed at any moment leaves either the complete previous file or the complete new one.
+Atomic: write to a temporary file in the same folder, fsync, then rename, so a process killed at any
+moment leaves either the complete previous file or the complete new one.  Files get the permissions
+the user's umask gives (0644 under the usual 0022), as files made with ``open`` would.  A write that
+fails (a full disk, a missing permission) raises :class:`WriteError` naming the file and the free space.
+
+Torch files (:func:`save_torch`) are ordinary ``torch.save`` archives, so ``torch.load(path,
+weights_only=True)`` still reads them, whose ZIP comment holds ``pai-sha256:<hex>``: the SHA-256 of the
+archive as torch wrote it.  :func:`load_torch` checks it before loading and raises
+:class:`IntegrityError` naming the file for a damaged, truncated or empty one (torch itself loads an
+archive with flipped bytes in a tensor without a word).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 from typing import IO, Any, Callable
 
 import torch
 
+DIGEST_TAG = b"pai-sha256:"
+_COMMENT = len(DIGEST_TAG) + 64                # the ZIP comment: tag + hex digest
+_EOCD = b"PK\x05\x06"                         # ZIP end-of-central-directory record, 22 bytes + comment
+_UMASK_LOCK = threading.Lock()
 
-def _atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+class WriteError(OSError):
+    """A file could not be written; the message names it, the cause and the free space there."""
+
+
+class IntegrityError(ValueError):
+    """A torch file whose content digest is missing or does not match (damaged, truncated, empty, or not
+    written by :func:`save_torch`).  ``kind`` is ``"missing"``, ``"mismatch"`` or ``"unreadable"``."""
+
+    def __init__(self, path: str | Path, reason: str, kind: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason, self.kind = Path(path), reason, kind
+
+
+def _umask() -> int:
+    with _UMASK_LOCK:  # the only way to read the umask is to set it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _write_problem(path: Path, exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "inline_container" in str(exc) or "No space" in str(exc)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return f"cannot write {path}: {'the disk is full? ' if full else ''}{type(exc).__name__}: {text} ({free})"
+
+
+def _is_write_failure(exc: BaseException) -> bool:
+    """An OSError, or torch's own words for a write that failed (a full disk: ``inline_container.cc``)."""
+    text = str(exc)
+    return isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and (
+        "inline_container" in text or "PytorchStreamWriter" in text or "file write failed" in text))
+
+
+def _keep_previous(path: Path, previous: Path) -> None:
+    """Make ``previous`` the current content of ``path`` while ``path`` stays in place (a hard link; a
+    rename where the file system has no links)."""
+    link = previous.with_name(previous.name + ".tmp")
+    try:
+        link.unlink(missing_ok=True)
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        os.replace(path, previous)
+
+
+def _atomic(path: str | Path, write: Callable[[IO[bytes]], None], previous: str | Path | None = None) -> None:
+    """Write ``path`` atomically; with ``previous``, the file it replaces is kept under that name."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(_write_problem(path, exc)) from exc
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
+        with os.fdopen(fd, "w+b") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if previous is not None and path.exists():
+            _keep_previous(path, Path(previous))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if _is_write_failure(exc) and not isinstance(exc, WriteError):
+            raise WriteError(_write_problem(path, exc)) from exc
         raise
 
 
@@ -54,6 +131,15 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+def json_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The ``*.json`` files of ``folder`` (and its subfolders with ``recursive``), sorted, without hidden
+    ones: a name starting with ``.`` (e.g. the ``._name.json`` resource forks macOS leaves on shared
+    drives) is never taken for a config."""
+    folder = Path(folder)
+    found = folder.rglob("*.json") if recursive else folder.glob("*.json")
+    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def write_bytes(path: str | Path, payload: bytes) -> None:
     _atomic(path, lambda fh: fh.write(payload))
 
@@ -70,9 +156,106 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_torch(path: str | Path, obj: Any) -> None:
-    _atomic(path, lambda fh: torch.save(obj, fh))
+class _Hashing:
+    """A write-only file that hashes what goes through it."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh, self.sha = fh, hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
-def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
+def _save_digested(fh: IO[bytes], obj: Any) -> None:
+    """``torch.save(obj)`` into ``fh`` with the digest of those bytes as the archive's ZIP comment."""
+    hashing = _Hashing(fh)
+    torch.save(obj, hashing)
+    fh.seek(-22, os.SEEK_END)
+    eocd = fh.read(22)
+    if eocd[:4] != _EOCD or eocd[-2:] != b"\x00\x00":
+        raise RuntimeError("torch.save did not end its archive with an empty ZIP comment")
+    fh.seek(-2, os.SEEK_END)
+    fh.write(_COMMENT.to_bytes(2, "little") + DIGEST_TAG + hashing.sha.hexdigest().encode())
+
+
+def save_torch(path: str | Path, obj: Any, *, previous: str | Path | None = None) -> None:
+    """``torch.save`` atomically, with the content digest (see the module docstring); with ``previous``,
+    the file replaced is kept under that name (e.g. the checkpoint before the newest)."""
+    _atomic(path, lambda fh: _save_digested(fh, obj), previous)
+
+
+def file_digest(path: str | Path) -> tuple[str | None, str]:
+    """``(stored, actual)``: the digest a :func:`save_torch` file carries (None without one) and the
+    SHA-256 of its archive as torch wrote it (the file without the comment)."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(size - 2 - _COMMENT, 0))
+        tail = fh.read()
+        stored = None
+        if len(tail) == 2 + _COMMENT and tail[:2] == _COMMENT.to_bytes(2, "little") and tail[2:].startswith(DIGEST_TAG):
+            stored = tail[2 + len(DIGEST_TAG):].decode("ascii", "replace")
+        body = size - 2 - _COMMENT if stored is not None else size
+        sha = hashlib.sha256()
+        fh.seek(0)
+        while body > 0:
+            chunk = fh.read(min(body, 1 << 22))
+            if not chunk:
+                break
+            sha.update(chunk)
+            body -= len(chunk)
+        sha.update(b"\x00\x00" if stored is not None else b"")
+    return stored, sha.hexdigest()
+
+
+def check_digest(path: str | Path) -> None:
+    """Raise :class:`IntegrityError` unless ``path`` carries a content digest that matches it."""
+    stored, actual = file_digest(path)
+    if stored is None:
+        size = Path(path).stat().st_size
+        raise IntegrityError(path, "empty file (0 bytes)" if size == 0 else
+                             f"no content digest ({size:,} bytes: truncated, damaged, or not written by this "
+                             "framework)", "missing")
+    if stored != actual:
+        raise IntegrityError(path, f"content digest mismatch (the file is damaged: stored {stored[:12]}..., "
+                             f"content {actual[:12]}...)", "mismatch")
+
+
+def load_torch(path: str | Path, map_location: Any = "cpu", *, verify: bool = True) -> Any:
+    """``torch.load(path, weights_only=True)``, after :func:`check_digest` unless ``verify`` is false."""
+    if verify:
+        check_digest(path)
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def read_torch(path: str | Path, map_location: Any = "cpu") -> tuple[Any, IntegrityError | None]:
+    """``(content, None)`` for an intact :func:`save_torch` file; ``(content, error)`` for a readable file
+    without a digest (an older version's, or another tool's: the caller decides whether its format may
+    lack one).  A digest mismatch, or a file without a digest that torch cannot read (truncated, empty),
+    raises :class:`IntegrityError`."""
+    try:
+        return load_torch(path, map_location), None
+    except IntegrityError as exc:
+        if exc.kind != "missing":
+            raise
+        missing = exc
+    try:
+        return load_torch(path, map_location, verify=False), missing
+    except Exception as exc:  # noqa: BLE001 - unreadable without a digest: damaged or not a torch file
+        raise IntegrityError(path, f"{missing.reason}, and torch cannot read it ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})", "unreadable") from None
+
+
+def check_undigested(missing: IntegrityError | None, version: Any, current: int, what: str,
+                     error: type[Exception]) -> None:
+    """A file of the ``current`` version always carries its digest: without one it is damaged (``error``);
+    one of an earlier version is used with a warning that it cannot be checked."""
+    if missing is None:
+        return
+    if version == current:
+        raise error(f"{what}: damaged ({missing.reason})")
+    warnings.warn(f"{what}: version {version} file, written before content digests: it cannot be checked for "
+                  "damage; write it again to protect it", stacklevel=3)

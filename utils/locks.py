@@ -15,14 +15,14 @@ class RunBusy(RuntimeError):
     """The folder is claimed by another live process."""
 
 
-def _lock_holder(path: Path) -> dict[str, Any] | None:
+def lock_holder(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _holder_is_gone(holder: dict[str, Any] | None, path: Path) -> bool:
+def holder_is_gone(holder: dict[str, Any] | None, path: Path) -> bool:
     """A lock is stale when its process is known to be dead: same host and no such pid.  An unreadable
     lock (a writer that died between creating and writing it) is stale after a minute."""
     if holder is None:
@@ -30,6 +30,9 @@ def _holder_is_gone(holder: dict[str, Any] | None, path: Path) -> bool:
             return time.time() - path.stat().st_mtime > 60
         except OSError:
             return True
+    job = scheduler_job()
+    if job is not None and holder.get("job") == job:
+        return True  # this very scheduler job, requeued (after a preemption or a time-out)
     if holder.get("host") != socket.gethostname():
         return False  # cannot tell from here: the user removes it (the message says how)
     try:
@@ -39,6 +42,15 @@ def _holder_is_gone(holder: dict[str, Any] | None, path: Path) -> bool:
     except (PermissionError, ValueError, OverflowError):
         return False
     return False
+
+
+def scheduler_job() -> str | None:
+    """The Slurm job (array task) this process belongs to, if any: it keeps its id when requeued."""
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return None
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{job}_{task}" if task is not None else job
 
 
 def lock_path(folder: str | Path) -> Path:
@@ -54,13 +66,14 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
     this host is taken over; a live one raises :class:`RunBusy` naming its holder and the file."""
     path = lock_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+          "job": scheduler_job()}
     for attempt in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            holder = _lock_holder(path)
-            if attempt == 0 and _holder_is_gone(holder, path):
+            holder = lock_holder(path)
+            if attempt == 0 and holder_is_gone(holder, path):
                 path.unlink(missing_ok=True)
                 continue
             who = (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"

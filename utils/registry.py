@@ -2,17 +2,38 @@
 
 Names are matched case-insensitively; an unknown name raises :class:`UnknownName` listing the valid
 names and the closest match.  A dotted path ``"package.module:ClassName"`` loads a class from outside
-the repository without registering it, so users can keep their own criteria in their own packages.
+the repository without registering it, so users can keep their own criteria in their own packages --
+but only from modules the user allowed (:func:`allow_modules`: the ``--allow-module`` flag of the
+command line, or the ``PAI_ALLOW_MODULES`` environment variable), so that reading a config received from
+someone else (``validate``) never imports, hence never runs, code it names.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import pkgutil
 from typing import Callable, Generic, Iterable, TypeVar
 
 T = TypeVar("T")
+
+ALLOW_ENV = "PAI_ALLOW_MODULES"  # comma-separated modules (and packages) dotted paths may import from
+_ALLOWED: set[str] = set()
+
+
+def allow_modules(names: Iterable[str]) -> None:
+    """Let ``module:Class`` names import from these modules and packages (and everything below them)."""
+    _ALLOWED.update(n.strip() for n in names if n and n.strip())
+
+
+def allowed_modules() -> set[str]:
+    """The modules allowed by :func:`allow_modules` and by ``$PAI_ALLOW_MODULES``."""
+    return _ALLOWED | {n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",") if n.strip()}
+
+
+def module_allowed(module: str) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in allowed_modules())
 
 
 class UnknownName(KeyError):
@@ -100,6 +121,10 @@ class Registry(Generic[T]):
 
     def _load_dotted(self, path: str) -> T:
         module_name, _, attr = path.partition(":")
+        if not module_allowed(module_name):
+            top = module_name.split(".")[0] or module_name
+            raise UnknownName(f"{self.kind} '{path}': module '{module_name}' is not imported, as it was not allowed; "
+                              f"to load classes from it, pass --allow-module {top} (or set {ALLOW_ENV}={top})")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:

@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+# The largest seed every RNG seeded here takes: torch.manual_seed accepts 64 bits (signed values from
+# -2**63), random.seed any integer, NumPy is seeded with seed % 2**32.  Seed fields are capped to it.
+MAX_SEED = 2**63 - 1
+
 
 def derive_seed(seed: int, *parts: Any) -> int:
     """A stable 63-bit seed derived from a run seed and labels (e.g. ``derive_seed(0, "shuffle", 3)``)."""

@@ -9,6 +9,7 @@ would be valid, and unknown keys get a "did you mean" suggestion.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
@@ -16,6 +17,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 from utils.registry import did_you_mean
 
 _MISSING = dataclasses.MISSING
+# Integers outside int64 cannot reach torch, NumPy or a file format intact: no field accepts them.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
     """Convert ``value`` to type ``tp`` or record a problem and raise _Invalid."""
     origin = get_origin(tp)
     if tp is Any:
-        return value
+        return _finite(value, path, problems)
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, path, problems)
     if origin is Literal:
@@ -137,7 +140,9 @@ def _convert(value: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
                 return _convert(value, a, path, scratch)
             except _Invalid:
                 continue
-        problems.append(Problem(path, f"expected {_describe(tp)}, got {value!r}"))
+        # a value of the right kind that is wrong (not finite, out of range) says so; else: which kinds
+        specific = [p for p in scratch if not p.message.startswith("expected ")]
+        problems.append(specific[0] if specific else Problem(path, f"expected {_describe(tp)}, got {value!r}"))
         raise _Invalid
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
@@ -157,7 +162,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
         if not isinstance(value, dict):
             problems.append(Problem(path, f"expected an object, got {value!r}"))
             raise _Invalid
-        return dict(value)
+        return _finite(dict(value), path, problems)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -166,15 +171,18 @@ def _convert(value: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
         problems.append(Problem(path, f"expected true/false, got {value!r}"))
         raise _Invalid
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if INT_MIN <= value <= INT_MAX:
+                return value
+            problems.append(Problem(path, f"integer {value} is out of range; valid: [-2**63, 2**63 - 1]"))
+            raise _Invalid
         problems.append(Problem(path, f"expected an integer, got {value!r}"))
         raise _Invalid
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(float(value), path, problems)
         problems.append(Problem(path, f"expected a number, got {value!r}"))
         raise _Invalid
     if tp is str:
@@ -182,6 +190,29 @@ def _convert(value: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
             return value
         problems.append(Problem(path, f"expected a string, got {value!r}"))
         raise _Invalid
+    return value
+
+
+MAX_DEPTH = 64  # nesting levels of a free-form value (options): deeper ones are refused, not recursed into
+
+
+def _finite(value: Any, path: str, problems: list[Problem]) -> Any:
+    """``value`` when no number in it (nested lists and objects included) is NaN or infinite; else a
+    problem naming the first such entry.  Python's json module reads ``NaN`` and ``Infinity``, which no
+    setting means, so every field and option refuses them (one rule here, not a range per field)."""
+    stack = [(path, value, 0)]
+    while stack:  # iterative, and bounded: a deeply nested value cannot exhaust the recursion limit later
+        where, item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            problems.append(Problem(where, f"{item!r} is not a finite number; valid: a finite number"))
+            raise _Invalid
+        if isinstance(item, (dict, list)) and depth >= MAX_DEPTH:
+            problems.append(Problem(where, f"nested more than {MAX_DEPTH} levels deep"))
+            raise _Invalid
+        if isinstance(item, dict):
+            stack.extend((_join(where, str(k)), v, depth + 1) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((_join(where, i), v, depth + 1) for i, v in reversed(list(enumerate(item))))
     return value
 
 
