@@ -8,7 +8,7 @@
 set -euo pipefail
 # one intra-op thread: the tiny digits CNN is several times faster so on a small (or busy) CPU
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-PY=${1:-python}
+PY=${1:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 RES=results/autosparse
 $PY main.py run exp_configs/autosparse --results "$RES"
 DATASETS=$(ls "$RES"/irp/digits/digits_cnn/magnitude/0.98/seed_0-*/autos_dataset.pt \

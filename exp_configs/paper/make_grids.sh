@@ -10,7 +10,7 @@
 # Usage: PYTHON=.venv/bin/python exp_configs/paper/make_grids.sh [--overwrite]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 HERE=exp_configs/paper
 CRITERIA=${CRITERIA:-"random magnitude snip grad_norm grasp synflow fisher_diag fisher_pruner fts hutch_diag hutch_pruning hts"}
 SPARSITIES=0.5,0.8,0.9,0.95,0.98   # the paper's table values were not available to us: see README
