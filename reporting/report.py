@@ -219,36 +219,11 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
         report.density = layer_density_frame(runset, chosen)
         report.overlap = overlap_matrices(runset, chosen, progress, reader)
     report.stability = stability_frame(runset, reader)
-    issues = report.issues = collect_issues(runset, sweep_dir, reader.problems)
+    report.issues = collect_issues(runset, sweep_dir, reader.problems)
 
-    runs_csv = runset.runs.copy()
-    if not runs_csv.empty:
-        runs_csv["variant"] = runs_csv["group"].map(grouping.variant).fillna("")
-    runs_csv.to_csv(out / "runs.csv", index=False)
-    agg.to_csv(out / "aggregated.csv", index=False)
-    issues.to_csv(out / "issues.csv", index=False)
-    rerun = sorted({f for f, st in zip(issues["config_file"], issues["status"])
-                    if f and st in ("failed", "interrupted", "missing", "broken") and Path(f).is_file()})
-    write_text(out / "rerun.txt", "".join(f + "\n" for f in rerun))
-    report.density.to_csv(out / "layer_density.csv", index=False)
-    report.stability.to_csv(out / "stability.csv", index=False)
-    overlap_rows = [{"dataset": k[0], "model": k[1], "warmup": k[2], "a": a, "b": b, "iou": m.loc[a, b],
-                     "sparsity": chosen, "chance": chance_iou(chosen)}
-                    for k, m in report.overlap.items() for a in m.index for b in m.columns if a < b]
-    pd.DataFrame(overlap_rows).to_csv(out / "overlap.csv", index=False)
-
+    _write_csvs(report, runset)
     if figures and not agg.empty:
-        fig_dir = out / "figures"
-        report.figures += figs.accuracy_vs_sparsity(agg, metric, fig_dir)
-        report.figures += figs.warmup_comparison(agg, metric, fig_dir)
-        if chosen is not None and not report.density.empty:
-            report.figures += figs.layer_density(report.density, chosen, fig_dir)
-        for key, matrix in report.overlap.items():
-            report.figures += figs.overlap_heatmap(
-                matrix, chosen, f"{key[0]} / {key[1]}, warmup {key[2]}: mask IoU at sparsity {chosen:g}", fig_dir,
-                figs.figure_stem("overlap", *key[:2], f"warmup{key[2]}", f"s{chosen:g}"))
-        if not report.stability.empty:
-            report.figures += figs.stability(report.stability, fig_dir)
+        _draw_figures(report)
 
     table_md = to_markdown(md_table)
     write_text(out / "table.md", table_md + "\n")
@@ -260,9 +235,43 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     log(_differences_text(grouping))
     counts = runset.runs["status"].value_counts().to_dict() if not runset.runs.empty else {}
     log(f"\n{len(runset.runs)} run folders ({', '.join(f'{v} {k}' for k, v in sorted(counts.items())) or 'none'}); "
-        f"{len(issues)} issue(s) listed in {out / 'issues.csv'}; "
+        f"{len(report.issues)} issue(s) listed in {out / 'issues.csv'}; "
         f"{len([p for p in report.figures if p.suffix == '.png'])} figures; report: {out / 'report.md'}")
     return report
+
+
+def _write_csvs(report: Report, runset: RunSet) -> None:
+    """runs.csv, aggregated.csv, issues.csv, rerun.txt, layer_density.csv, stability.csv, overlap.csv."""
+    out, issues, chosen = report.out, report.issues, report.sparsity
+    runs_csv = runset.runs.copy()
+    if not runs_csv.empty:
+        runs_csv["variant"] = runs_csv["group"].map(report.grouping.variant).fillna("")
+    runs_csv.to_csv(out / "runs.csv", index=False)
+    report.aggregated.to_csv(out / "aggregated.csv", index=False)
+    issues.to_csv(out / "issues.csv", index=False)
+    rerun = sorted({f for f, st in zip(issues["config_file"], issues["status"])
+                    if f and st in ("failed", "interrupted", "missing", "broken") and Path(f).is_file()})
+    write_text(out / "rerun.txt", "".join(f + "\n" for f in rerun))
+    report.density.to_csv(out / "layer_density.csv", index=False)
+    report.stability.to_csv(out / "stability.csv", index=False)
+    overlap_rows = [{"dataset": k[0], "model": k[1], "warmup": k[2], "a": a, "b": b, "iou": m.loc[a, b],
+                     "sparsity": chosen, "chance": chance_iou(chosen)}
+                    for k, m in report.overlap.items() for a in m.index for b in m.columns if a < b]
+    pd.DataFrame(overlap_rows).to_csv(out / "overlap.csv", index=False)
+
+
+def _draw_figures(report: Report) -> None:
+    agg, metric, chosen, fig_dir = report.aggregated, report.metric, report.sparsity, report.out / "figures"
+    report.figures += figs.accuracy_vs_sparsity(agg, metric, fig_dir)
+    report.figures += figs.warmup_comparison(agg, metric, fig_dir)
+    if chosen is not None and not report.density.empty:
+        report.figures += figs.layer_density(report.density, chosen, fig_dir)
+    for key, matrix in report.overlap.items():
+        report.figures += figs.overlap_heatmap(
+            matrix, chosen, f"{key[0]} / {key[1]}, warmup {key[2]}: mask IoU at sparsity {chosen:g}", fig_dir,
+            figs.figure_stem("overlap", *key[:2], f"warmup{key[2]}", f"s{chosen:g}"))
+    if not report.stability.empty:
+        report.figures += figs.stability(report.stability, fig_dir)
 
 
 def _differences_text(grouping: Grouping) -> str:
