@@ -188,26 +188,37 @@ def save_torch(path: str | Path, obj: Any, *, previous: str | Path | None = None
     _atomic(path, lambda fh: _save_digested(fh, obj), previous)
 
 
+def _stored_digest(tail: bytes) -> str | None:
+    """The hex digest in the last bytes of a :func:`save_torch` file (comment length + comment), if any."""
+    if len(tail) != 2 + _COMMENT or tail[:2] != _COMMENT.to_bytes(2, "little") or not tail[2:].startswith(DIGEST_TAG):
+        return None
+    return tail[2 + len(DIGEST_TAG):].decode("ascii", "replace")
+
+
+def _sha256_of_prefix(fh: IO[bytes], length: int) -> Any:
+    """A SHA-256 over the first ``length`` bytes of ``fh``, read in 4 MiB chunks."""
+    sha = hashlib.sha256()
+    fh.seek(0)
+    while length > 0:
+        chunk = fh.read(min(length, 1 << 22))
+        if not chunk:
+            break
+        sha.update(chunk)
+        length -= len(chunk)
+    return sha
+
+
 def file_digest(path: str | Path) -> tuple[str | None, str]:
     """``(stored, actual)``: the digest a :func:`save_torch` file carries (None without one) and the
-    SHA-256 of its archive as torch wrote it (the file without the comment)."""
+    SHA-256 of its archive as torch wrote it (the file without the comment, with an empty one)."""
     with open(path, "rb") as fh:
         size = fh.seek(0, os.SEEK_END)
         fh.seek(max(size - 2 - _COMMENT, 0))
-        tail = fh.read()
-        stored = None
-        if len(tail) == 2 + _COMMENT and tail[:2] == _COMMENT.to_bytes(2, "little") and tail[2:].startswith(DIGEST_TAG):
-            stored = tail[2 + len(DIGEST_TAG):].decode("ascii", "replace")
-        body = size - 2 - _COMMENT if stored is not None else size
-        sha = hashlib.sha256()
-        fh.seek(0)
-        while body > 0:
-            chunk = fh.read(min(body, 1 << 22))
-            if not chunk:
-                break
-            sha.update(chunk)
-            body -= len(chunk)
-        sha.update(b"\x00\x00" if stored is not None else b"")
+        stored = _stored_digest(fh.read())
+        if stored is None:
+            return None, _sha256_of_prefix(fh, size).hexdigest()
+        sha = _sha256_of_prefix(fh, size - 2 - _COMMENT)
+        sha.update(b"\x00\x00")  # torch wrote an empty comment: its length, zero
     return stored, sha.hexdigest()
 
 
