@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.launcher == "local":
         from launch.submit import launch_local, plan
 
-        todo = plan(files, args.results, args.force)
+        todo = plan(files, args.results, args.force, args.restart)
         if todo.problems:
             return _plan_problems(todo.problems)
         outcomes = launch_local(todo.todo, args.results, workers=args.workers, gpus=args.gpus)
@@ -108,7 +108,7 @@ def _plan_problems(problems: list[str]) -> int:
 def _submit_slurm(files: list[Path], args: argparse.Namespace) -> int:
     from launch.submit import SlurmOptions, launch_slurm, plan
 
-    todo = plan(files, args.results, args.force)
+    todo = plan(files, args.results, args.force, args.restart)
     if todo.problems:
         return _plan_problems(todo.problems)
     print(f"{len(todo.completed)} completed runs are not submitted again")

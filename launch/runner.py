@@ -12,6 +12,7 @@ error while reading one config or one run folder is that config's failure, never
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
@@ -30,6 +31,7 @@ from utils.locks import RunBusy, run_lock
 from utils.typed import ConfigError, Problem
 
 DEFAULT_RESULTS = Path("results")
+TASK_LOG = "PAI_TASK_LOG"  # set by a launcher task: its log file, recorded in status.json
 
 
 class Interrupted(KeyboardInterrupt):
@@ -177,13 +179,17 @@ def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutco
         folder.write(Files.CONFIG, spec.to_dict())
         folder.write(Files.ENVIRONMENT, environment(spec.device()))
         folder.set_status("running", config_file=str(path), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                          attempts=status.attempts + 1, resumed=resuming)
+                          attempts=status.attempts + 1, resumed=resuming, log=os.environ.get(TASK_LOG))
         log(f"[{path}] -> {folder.path}" + (" (resuming)" if resuming else ""))
         if ready is not None:
             ready(True)
         res = execute(spec, folder, log=log, on_epoch_end=on_epoch_end)
     except KeyboardInterrupt:
         folder.set_status("interrupted", reason="interrupted (Ctrl-C or SIGTERM); rerun to resume",
+                          seconds=time.perf_counter() - tic)
+        raise
+    except SystemExit:  # a launcher's task stopped for a requeue (time limit, preemption)
+        folder.set_status("interrupted", reason="stopped by the scheduler and requeued; it resumes when it restarts",
                           seconds=time.perf_counter() - tic)
         raise
     except Exception as exc:  # noqa: BLE001 - any crash is recorded and the batch goes on

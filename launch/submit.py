@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import submitit
 
-from launch.runner import DEFAULT_RESULTS, RunOutcome, results_root, run_config
+from launch.runner import DEFAULT_RESULTS, TASK_LOG, RunOutcome, results_root, run_config
 from spec import RunSpec
 from utils.typed import ConfigError
 
@@ -36,6 +36,7 @@ class RunConfigs(submitit.helpers.Checkpointable):
 
     def __call__(self) -> list[dict[str, Any]]:
         os.environ.update(self.env)  # before CUDA starts: CUDA_VISIBLE_DEVICES takes effect
+        os.environ[TASK_LOG] = str(submitit.JobEnvironment().paths.stdout)  # recorded in status.json
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:  # the ranks of one run: torch.distributed's env://
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         if "OMP_NUM_THREADS" in self.env:
@@ -54,9 +55,9 @@ class Plan:
     problems: list[str] = field(default_factory=list)
 
 
-def plan(configs: list[Path], results: str | None, force: bool) -> Plan:
-    """Check every config; with ``force`` delete the run folders of completed runs first (the tasks then
-    never delete anything, so a requeued task only resumes)."""
+def plan(configs: list[Path], results: str | None, force: bool, restart: bool = False) -> Plan:
+    """Check every config; with ``force`` delete the run folders of completed runs first, with ``restart``
+    those of unfinished ones (the tasks then never delete anything, so a requeued task only resumes)."""
     out = Plan()
     for path in configs:
         try:
@@ -68,7 +69,7 @@ def plan(configs: list[Path], results: str | None, force: bool) -> Plan:
         if folder.is_completed() and not force:
             out.completed.append(path)
             continue
-        if force:
+        if force or restart:
             shutil.rmtree(folder.path, ignore_errors=True)
         out.todo.append(path)
     return out

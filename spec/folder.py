@@ -70,6 +70,7 @@ class StatusRecord:
     attempts: int = 0
     resumed: bool = False
     seconds: Optional[float] = None
+    log: Optional[str] = None                  # the launcher task's log file (Slurm stdout), when there is one
     history: Optional[list[dict[str, Any]]] = None  # earlier attempts that failed or were interrupted
     notes: Optional[list[str]] = None               # what the engine did about damaged files
 

@@ -116,7 +116,7 @@ def _wait(condition, seconds: float, what: str) -> None:
 
 def test_slurm_array_completes_and_a_requeued_task_resumes_bit_exactly(slurm, make_config, tmp_path: Path,
                                                                        capsys) -> None:
-    long = {"training.num_steps": 30, "model.options": {"width": 32}, "dataset.batch_size": 32}
+    long = {"training.num_steps": 60, "model.options": {"width": 32}, "dataset.batch_size": 32}
     make_config("a_long", folder="grid", **long)
     for name, crit in (("b", "random"), ("c", "magnitude"), ("d", "none")):
         make_config(name, folder="grid", **{"training.compressor.class": crit, "training.num_steps": 2})
@@ -132,7 +132,8 @@ def test_slurm_array_completes_and_a_requeued_task_resumes_bit_exactly(slurm, ma
         return len(folder.read_or_none("history.json") or [])
 
     _wait(lambda: epochs_done() >= 3, 120, "the long run's third epoch")
-    assert subprocess.run(["scontrol", "requeue", f"{job}_0"], capture_output=True).returncode == 0
+    requeue = subprocess.run(["scontrol", "requeue", f"{job}_0"], capture_output=True, text=True)
+    assert requeue.returncode == 0, (requeue.stderr, folder.status())
     # Slurm holds a requeued job back for a while: let it start now
     _wait(lambda: any(s == "PENDING" for _, s, _ in _squeue(f"{job}_0")), 60, "the requeued task to be pending")
     subprocess.run(["scontrol", "update", f"jobid={job}_0", "StartTime=now"], capture_output=True)
@@ -140,6 +141,7 @@ def test_slurm_array_completes_and_a_requeued_task_resumes_bit_exactly(slurm, ma
           "every run of the array to complete")
     status = folder.status()
     assert status["attempts"] == 2 and status["resumed"] is True
+    assert status["log"].endswith("_log.out") and Path(status["log"]).exists()  # the task's Slurm log
     reference = run_config(grid / "a_long.json", results=tmp_path / "seq", log=lambda s: None)
     assert _same(_weights(reference.run_dir), _weights(folder.path))
     # resubmitting submits nothing: every run is complete
