@@ -72,13 +72,14 @@ def collect(root: str | Path, sweep: str | Path | None = None, now: float | None
         if beat is not None and beat.epoch_seconds > 0:
             seconds.append(beat.epoch_seconds)
         lock = lock_path(folder.path)
-        if lock.exists() and holder_is_gone(lock_holder(lock), lock):
+        dead = lock.exists() and holder_is_gone(lock_holder(lock), lock)
+        if dead:
             out.stale_locks.append(str(lock))
         if state == "running":
             age = now - beat.time if beat else None
             out.running.append({"run": str(folder.path), "host": beat.host if beat else "?",
                                 "epoch": f"{beat.epoch}/{beat.total_epochs}" if beat else "?",
-                                "heartbeat_age_s": age, "stale": age is None or age > STALE_BEAT_SECONDS})
+                                "heartbeat_age_s": age, "stale": dead or age is None or age > STALE_BEAT_SECONDS})
             running_left.append((folder, beat))
         elif state == "failed":
             out.failed.append({"run": str(folder.path), "reason": st.get("reason")})
