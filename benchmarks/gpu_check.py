@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gc
 import itertools
 import json
@@ -219,10 +220,11 @@ def pruning_criteria() -> list[str]:
 
 
 def criterion_options(name: str, probes: int, rounds: int, predictor: Path) -> dict[str, Any]:
+    """Options that make both sides comparable: a fixed ``seed`` for every stochastic criterion."""
     if name in HUTCHINSON:
         return {"probes": probes, "seed": 0}
-    return {"random": {"seed": 0}, "synflow": {"rounds": rounds}, "autosparse": {"predictor": str(predictor)}}.get(
-        name, {})
+    seeded = {"seed": 0} if "seed" in {f.name for f in dataclasses.fields(compressors.get(name).Options)} else {}
+    return {"synflow": {"rounds": rounds}, "autosparse": {"predictor": str(predictor)}}.get(name, seeded)
 
 
 def write_predictor(folder: Path) -> Path:

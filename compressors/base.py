@@ -92,13 +92,16 @@ class Compressor:
 
     - ``needs_data``: False for data-free criteria (magnitude, random, synflow);
     - ``prunes``: False only for the dense baseline ``none``;
-    - ``iterative``: True when the scores depend on the target sparsity (``score(..., sparsity=s)``).
+    - ``iterative``: True when the scores depend on the target sparsity (``score(..., sparsity=s)``);
+    - ``scopes``: the ``compressor.mask`` values it supports (a criterion that sets its own layer densities
+      supports ``global`` only).
     """
 
     Options: ClassVar[type] = NoOptions
     needs_data: ClassVar[bool] = True
     prunes: ClassVar[bool] = True
     iterative: ClassVar[bool] = False
+    scopes: ClassVar[tuple[str, ...]] = ("global", "layer")  # the compressor.mask values it works with
     registered_name: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:

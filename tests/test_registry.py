@@ -102,3 +102,12 @@ def test_models_build_from_python_with_small_inputs() -> None:
         assert model(torch.randn(2, 1, 8, 8)).shape == (2, 7)
     with pytest.raises(TypeError, match="model 'mlp'"):
         models.build("mlp", num_classes=3, input_shape=(1, 8, 8), depth=3)
+
+
+def test_no_plugin_module_shadows_a_public_name_of_its_package() -> None:
+    """A module compressors/density.py would replace the function compressors.density once imported."""
+    import pkgutil
+
+    for package in (compressors, data, models):
+        modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
+        assert not modules & set(package.__all__), package.__name__
