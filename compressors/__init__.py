@@ -26,6 +26,7 @@ from compressors.masks import (
     mask_summary,
     select,
     select_remaining,
+    shuffle_within_layers,
     sparsity_schedule,
 )
 from utils.registry import Registry
@@ -52,5 +53,5 @@ def build(name: str, **options: Any) -> Compressor:
 __all__ = [
     "Compressor", "ScoreMap", "Scores", "REGISTRY", "register", "build", "get", "names", "discover", "select",
     "prunable_names", "classifier_name", "kept_count", "density", "global_sparsity", "collapsed_layers",
-    "mask_summary", "select_remaining", "sparsity_schedule", "check_masks", "check_scores",
+    "mask_summary", "select_remaining", "shuffle_within_layers", "sparsity_schedule", "check_masks", "check_scores",
 ]

@@ -160,6 +160,16 @@ def sparsity_schedule(target_sparsity: float, steps: int, schedule: str = "geome
     return out + [target_sparsity]
 
 
+def shuffle_within_layers(masks: Scores, generator: torch.Generator) -> Scores:
+    """Each mask with its entries permuted at random: the same kept count per tensor, anywhere in it
+    (the "layerwise shuffle" ablation of Frankle et al., ICLR 2021)."""
+    out = {}
+    for n, m in masks.items():
+        perm = torch.randperm(m.numel(), generator=generator).to(m.device)
+        out[n] = m.reshape(-1)[perm].reshape(m.shape)
+    return out
+
+
 def density(masks: Scores) -> dict[str, float]:
     """Fraction of kept weights per tensor."""
     return {n: float(m.sum().item()) / max(m.numel(), 1) for n, m in masks.items()}

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 import compressors
+import models
 from compressors.cache import score_with_cache
 from engine.checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoint
 from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
@@ -200,6 +201,22 @@ class Run:
         if self.rank.distributed:
             for buffer in self.model.buffers():
                 torch.distributed.broadcast(buffer, 0)
+
+    def ablation_generator(self) -> torch.Generator:
+        """The ablations' own random stream, seeded from the run seed (the global RNG is left alone)."""
+        return torch.Generator().manual_seed(derive_seed(self.cfg.general.seed, "ablation"))
+
+    @torch.no_grad()
+    def reinitialise_kept(self) -> None:
+        """The "reinit" ablation: the kept weights re-drawn from the initial distribution (a fresh network of
+        the same architecture with its own seed), the mask unchanged."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.cfg.general.seed, "ablation-reinit"))
+            fresh = models.build(self.cfg.model.name, num_classes=self.num_classes,
+                                 input_shape=self.loaders.input_shape, **self.cfg.model.options)
+        params, drawn = dict(self.model.named_parameters()), dict(fresh.named_parameters())
+        for n, m in self.masks.items():
+            params[n].copy_(drawn[n].to(params[n].device) * m.to(params[n].dtype))
 
     def verify_masks(self) -> None:
         """A distributed run's ranks scored the same network on the same data: their masks must agree."""

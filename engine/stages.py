@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from compressors import select_remaining
+from compressors import select_remaining, shuffle_within_layers
 from engine.loop import bn_warmup
 from engine.run import Run, state_to_cpu
 
@@ -51,7 +51,9 @@ class Warmup(Stage):
 class Prune(Stage):
     """Score the remaining weights with the run's criterion (through the score cache) and keep the best
     ``1 - sparsity`` of all prunable weights, globally or per layer (``compressor.mask``); weights pruned
-    before never come back.  The dense baseline (a criterion that prunes nothing) keeps every weight."""
+    before never come back.  The dense baseline (a criterion that prunes nothing) keeps every weight.
+    ``compressor.ablation`` applies one of Frankle et al.'s sanity checks to this mask (invert / shuffle /
+    reinit)."""
 
     sparsity: float
     seed: tuple[Any, ...] = ("scoring",)
@@ -60,7 +62,15 @@ class Prune(Stage):
         if not run.criterion.prunes:
             return
         scores = run.score(self.sparsity, self.seed)
-        run.set_masks(select_remaining(scores, run.masks, self.sparsity, run.cfg.training.compressor.mask))
+        ablation = run.cfg.training.compressor.ablation
+        if ablation == "invert":  # keep the lowest scores
+            scores = {n: -s for n, s in scores.items()}
+        masks = select_remaining(scores, run.masks, self.sparsity, run.cfg.training.compressor.mask)
+        if ablation == "shuffle":
+            masks = shuffle_within_layers(masks, run.ablation_generator())
+        run.set_masks(masks)
+        if ablation == "reinit":
+            run.reinitialise_kept()
         run.verify_masks()
         run.folder.save_mask(run.masks)
         p = run.state.pruning

@@ -121,6 +121,10 @@ class CompressorConfig:
     per_class_samples: int = option(10, "mask-data samples drawn per class from the training set", min=1)
     prune_classifier: bool = option(False, "also prune the final Linear layer's weight")
     prune_biases: bool = option(False, "also prune biases of Conv/Linear layers")
+    ablation: Literal["none", "shuffle", "reinit", "invert"] = option(
+        "none", "sanity checks of Frankle et al. (ICLR 2021): 'shuffle' permutes each layer's mask at random "
+                "(same density), 'reinit' re-draws the kept weights from the initial distribution, 'invert' keeps "
+                "the lowest scores; seeded from the run seed")
     options: dict[str, Any] = option(factory=dict, help="criterion-specific options (validated by the criterion)")
 
 

@@ -363,6 +363,9 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
         comp.options = to_dict(comp_opts) if comp_opts is not None else comp.options
         if not comp_cls.prunes:
             comp.sparsity = 0.0  # the dense baseline ignores the (template) sparsity
+        if comp.ablation != "none" and not getattr(exp_cls, "supports_ablation", True):
+            problems.append(Problem("training.compressor.ablation", f"experiment '{cfg.general.experiment}' prunes "
+                                    "in several steps, which the one-mask sanity checks do not define; valid: 'none'"))
         if comp.mask not in comp_cls.scopes:
             problems.append(Problem("training.compressor.mask", f"'{comp.name}' sets its own density per layer; "
                                     f"valid: {', '.join(map(repr, comp_cls.scopes))}"))

@@ -96,6 +96,7 @@ class IterativeRewindPruning(Experiment):
 
     Options = IRPOptions
     section = "irp"
+    supports_ablation = False  # many pruning steps: a shuffled or inverted mask would bring weights back
 
     @classmethod
     def check_config(cls, cfg, options, problems) -> None:
