@@ -138,6 +138,18 @@ def _key_value(text: str) -> str:
     return text
 
 
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
 def _gpu_list(text: str) -> list[int]:
     try:
         return [int(g) for g in text.split(",") if g.strip()]
@@ -148,18 +160,20 @@ def _gpu_list(text: str) -> list[int]:
 def _add_launch_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
                      help="inline: this process (default); local: worker processes (--workers); slurm: a job array")
-    run.add_argument("--workers", type=int, default=1, help="local: runs at a time (default 1)")
+    run.add_argument("--workers", type=_count(1), default=1, help="local: runs at a time (default 1)")
     run.add_argument("--gpus", type=_gpu_list, default=None, help="local: GPUs for the workers, one each in turn "
                                                                    "(default: every visible GPU)")
     slurm = run.add_argument_group("slurm (with --launcher slurm)")
     slurm.add_argument("--partition", default=None, help="Slurm partition")
-    slurm.add_argument("--gpus-per-run", type=int, default=0, help="GPUs per task (default 0)")
-    slurm.add_argument("--cpus-per-run", type=int, default=1, help="CPUs per task; also its thread count (default 1)")
+    slurm.add_argument("--gpus-per-run", type=_count(0), default=0, help="GPUs per task (default 0)")
+    slurm.add_argument("--cpus-per-run", type=_count(1), default=1,
+                       help="CPUs per task; also its thread count (default 1)")
     slurm.add_argument("--mem", default=None, help="memory per task, e.g. 32G")
     slurm.add_argument("--time", default="4:00:00", help="time limit per task, [D-]HH:MM:SS (default 4:00:00)")
-    slurm.add_argument("--max-parallel", type=int, default=64, help="tasks of the array running at once (default 64)")
-    slurm.add_argument("--runs-per-task", type=int, default=1, help="configs run one after another per task")
-    slurm.add_argument("--ranks-per-run", type=int, default=None,
+    slurm.add_argument("--max-parallel", type=_count(1), default=64,
+                       help="tasks of the array running at once (default 64)")
+    slurm.add_argument("--runs-per-task", type=_count(1), default=1, help="configs run one after another per task")
+    slurm.add_argument("--ranks-per-run", type=_count(1), default=None,
                        help="processes per run (DistributedDataParallel; default: one per GPU of --gpus-per-run)")
     slurm.add_argument("--slurm", action="append", type=_key_value, metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --slurm account=lab --slurm qos=high (repeatable)")

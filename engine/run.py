@@ -137,7 +137,10 @@ class Run:
         self.num_classes = spec.num_classes(self.loaders)
         self.model = spec.build_model(self.loaders)
         if self.rank.distributed and tr.sync_bn:
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            else:
+                self.log("  training.sync_bn is ignored on the CPU (SyncBatchNorm needs CUDA)")
         self.model = self.model.to(self.device)
         # self.model keeps plain state_dict keys; self.train_model is what the loop calls (maybe compiled, DDP)
         self.train_model = prepare_model(self.model, self.device, channels_last=tr.channels_last,

@@ -141,7 +141,7 @@ class TrainingConfig:
                                               "warmup, validation, test) at this many batches; null: whole passes",
                                         min=1)
     sync_bn: bool = option(False, "several ranks (torchrun): synchronise BatchNorm statistics across them "
-                                  "(SyncBatchNorm; CUDA only)")
+                                  "(SyncBatchNorm; CUDA only, ignored with a notice on the CPU)")
     compile: bool = option(False, "torch.compile the model for training and evaluation (CUDA only; ignored with "
                                   "a notice on the CPU)")
     criterion: LossConfig = option(factory=LossConfig, help="training loss")

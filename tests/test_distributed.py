@@ -75,7 +75,8 @@ def test_two_ranks_without_batchnorm_match_one_process_with_the_global_batch(mak
 
 
 def test_two_ranks_with_batchnorm_complete_and_a_kill_dash_nine_resumes(make_config, tmp_path: Path) -> None:
-    cfg = make_config(**{"training.num_steps": 30, "model.options": {"width": 16}, "dataset.batch_size": 32})
+    cfg = make_config(**{"training.num_steps": 30, "model.options": {"width": 16}, "dataset.batch_size": 32,
+                         "training.sync_bn": True})
     folder = RunSpec.load(cfg).run_dir(tmp_path / "res")
     proc = _torchrun(cfg, tmp_path / "res")
     deadline = time.time() + 120
@@ -94,6 +95,7 @@ def test_two_ranks_with_batchnorm_complete_and_a_kill_dash_nine_resumes(make_con
     again = _torchrun(cfg, tmp_path / "res")
     out = again.communicate(timeout=300)[0]
     assert again.returncode == 0, out[-4000:]
+    assert "training.sync_bn is ignored on the CPU" in out
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "completed" and status["resumed"] is True, (status, out)
     res = json.loads((folder / "results.json").read_text())

@@ -36,6 +36,13 @@ def test_slurm_time_limits_in_minutes() -> None:
     assert [time_minutes(t) for t in ("4:00:00", "30", "1:30", "2-00:00:00", "0:00:10")] == [240, 30, 2, 2880, 1]
 
 
+@pytest.mark.parametrize("flag,value", [("--workers", "0"), ("--runs-per-task", "-1"), ("--gpus-per-run", "x")])
+def test_launcher_counts_are_checked(make_config, flag: str, value: str, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main.main(["run", str(make_config()), "--launcher", "local", flag, value])
+    assert stop.value.code == 2 and "expected a whole number" in capsys.readouterr().err
+
+
 def test_local_workers_give_the_results_of_a_sequential_batch(make_config, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers' thread count, as this process's (bit-equality)
     for name, crit in (("a", "snip"), ("b", "random"), ("c", "magnitude")):
