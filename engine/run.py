@@ -25,11 +25,12 @@ import torch
 import compressors
 import models
 from compressors.cache import score_with_cache
+from compressors.costs import Costs, count_costs
 from engine.checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoint
 from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
 from engine.trackers import Tracker, flat_scalars, open_trackers
 from spec import RunSpec
-from spec.folder import Files, Heartbeat, PruningRecord, RunFolder, RunResults
+from spec.folder import CostRecord, Files, Heartbeat, PruningRecord, RunFolder, RunResults
 from utils import distributed
 from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 
@@ -399,6 +400,12 @@ class Run:
         return {"world_size": self.rank.world, "masks_verified_on_ranks": verified}
 
     # -------------------------------------------------------------------------------- finish
+    def costs(self) -> Costs:
+        """Parameters and FLOPs of one forward pass of one example of the dataset's input shape, dense and
+        effective under the run's mask (:func:`compressors.costs.count_costs`; on the meta device)."""
+        example = torch.zeros(1, *self.loaders.input_shape)
+        return count_costs(self.model, example, masks=self.masks if self.criterion.prunes else None)
+
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Test the final and the best-validation model; write mask, final model and ``results.json``."""
         st = self.state
@@ -413,11 +420,15 @@ class Run:
         self.folder.save_torch(Files.FINAL_MODEL, state_to_cpu(final_state))
         st.pruning.update(compressors.mask_summary(self.masks, sum(p.numel() for p in self.model.parameters())),
                           mask_samples=len(self.loaders.mask_indices))
+        costs = self.costs()
+        self.folder.write(Files.COSTS, {**costs.to_json(), "model_inputs": {
+            "num_classes": self.num_classes, "input_shape": list(self.loaders.input_shape)}})
         results = RunResults(test=test, best_val_test=best, best_val_epoch=st.best_epoch,
                              best_val_metric=st.best_metric, validation_metric=self.cfg.validation.metric,
                              validation_on_test_set=self.loaders.val_is_test,
                              epoch_seconds=[row["epoch_seconds"] for row in st.history],
-                             pruning=PruningRecord(**st.pruning), extra={**extra, **self.ranks_record()}).to_json()
+                             pruning=PruningRecord(**st.pruning), extra={**extra, **self.ranks_record()},
+                             costs=CostRecord(**costs.totals())).to_json()
         self.folder.write(Files.RESULTS, results)
         for tracker in self.trackers:
             tracker.finish(self.hparams(), results)

@@ -49,6 +49,7 @@ class Files:
     CHECKPOINT_PREV = "checkpoint.prev.pt"  # the one before: the fallback when checkpoint.pt is damaged
     DAMAGED = ".damaged"              # suffix of a damaged file moved aside (checkpoint.pt.damaged)
     HEARTBEAT = "heartbeat.json"      # a running run's position: Heartbeat
+    COSTS = "costs.json"              # parameters and FLOPs per layer, dense and effective (CostRecord totals)
 
 
 Status = Literal["running", "completed", "failed", "interrupted"]
@@ -121,6 +122,18 @@ class PruningRecord:
 
 
 @dataclass
+class CostRecord:
+    """What one forward pass of the run's network costs (:func:`compressors.costs.count_costs`): parameters
+    and FLOPs (2 per multiply-add), dense and effective (unstructured masks: the kept weights; structured:
+    the compact model).  ``results.json`` holds these totals; ``costs.json`` the per-layer table."""
+
+    params_dense: int = 0
+    params_effective: int = 0
+    flops_dense: int = 0
+    flops_effective: int = 0
+
+
+@dataclass
 class RunResults:
     """``results.json``: every final number of a run.  ``extra`` holds what one experiment adds (e.g.
     ``iterations`` of irp); it is written flat beside the other fields."""
@@ -134,6 +147,7 @@ class RunResults:
     epoch_seconds: list[float]
     pruning: PruningRecord
     extra: dict[str, Any] = field(default_factory=dict)
+    costs: Optional[CostRecord] = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,7 +157,7 @@ class RunResults:
             "validation_metric": self.validation_metric, "validation_on_test_set": self.validation_on_test_set,
             "epochs": len(self.epoch_seconds), "epoch_seconds": self.epoch_seconds,
             "train_seconds": sum(self.epoch_seconds),
-            **dataclasses.asdict(self.pruning), **self.extra,
+            **dataclasses.asdict(self.pruning), **(dataclasses.asdict(self.costs) if self.costs else {}), **self.extra,
         }
 
 
