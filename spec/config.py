@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from utils.seeding import MAX_SEED
 from utils.typed import ConfigError, Problem, option, parse_collect
@@ -38,6 +38,11 @@ class GeneralConfig:
     gpu: GPUConfig = option(factory=GPUConfig, help="device selection", identity=False)
     description: str = option("", "free text, not used", identity=False)
     deterministic: bool = option(False, "torch.use_deterministic_algorithms(True) (slower on GPU)")
+    compat: Literal["paper", "official"] = option(
+        "paper", "'paper': the methods' papers (this project's corrected behaviour); 'official': every behaviour of "
+                 "the official second-order PaI code at once (README 'Differences from the official code'); each "
+                 "switch left null follows it, and the resolved config records the concrete values",
+        identity=False)
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = option(
         factory=lambda: ["tensorboard"], identity=False,
         help="experiment trackers fed every epoch: TensorBoard event files in the run folder (default); 'wandb' "
@@ -63,7 +68,20 @@ class DatasetConfig:
         "classic", "'classic': torch DataLoader over the torchvision pipeline; 'device': the whole uint8 dataset "
                    "on the training device, crop/flip/normalise batched there (cifar10, cifar100, tinyimagenet, "
                    "imagefolder with augment cifar/none)")
+    normalization: Optional[Literal["measured", "official"]] = option(
+        None, "input normalisation constants: 'measured' (this project's, measured on the training set; CIFAR-10 std "
+              "(0.2470, 0.2435, 0.2616)) or 'official' (the official code's, e.g. CIFAR-10 std (0.2023, 0.1994, "
+              "0.2010); cifar10, cifar100, tinyimagenet); null: as general.compat says ('official' where the dataset "
+              "has official constants); dataset.options mean/std win over both")
+    shuffle: Optional[bool] = option(
+        None, "reshuffle the training set every epoch (seeded); false: the stored order every epoch, as the official "
+              "CIFAR loaders; null: as general.compat says")
     options: dict[str, Any] = option(factory=dict, help="dataset-specific options (see the dataset's docs)")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {
+        "normalization": {"paper": "measured", "official": "official"},
+        "shuffle": {"paper": True, "official": False},
+    }
 
 
 @dataclass
@@ -118,14 +136,48 @@ class CompressorConfig:
     sparsity: float = option(0.0, "fraction of prunable weights removed", min=0, max=1, max_exclusive=True)
     warmup: int = option(0, "BN-statistics passes over the training data before scoring", min=0)
     batch_size: int = option(1, "mask-data batch size", min=1)
-    per_class_samples: int = option(10, "mask-data samples drawn per class from the training set", min=1)
+    per_class_samples: Optional[int] = option(10, "mask-data samples drawn per class from the training set; null: "
+                                                  "every sample of the training subset (after train4val)", min=1)
+    mask_indices: Optional[str] = option(None, "file of training-set row indices used as the mask data, exactly and "
+                                               "in this order (JSON list, {\"indices\": [...]} as a run folder's "
+                                               "mask_indices.json, or integers separated by spaces/commas/lines; "
+                                               "relative to the working directory); replaces per_class_samples")
     prune_classifier: bool = option(False, "also prune the final Linear layer's weight")
     prune_biases: bool = option(False, "also prune biases of Conv/Linear layers")
     ablation: Literal["none", "shuffle", "reinit", "invert"] = option(
         "none", "sanity checks of Frankle et al. (ICLR 2021): 'shuffle' permutes each layer's mask at random "
                 "(same density), 'reinit' re-draws the kept weights from the initial distribution, 'invert' keeps "
                 "the lowest scores; seeded from the run seed")
+    prunable: Optional[Literal["module_type", "official_names"]] = option(
+        None, "which tensors are prunable: 'module_type' (Conv/Linear weights, see prune_classifier / prune_biases) or "
+              "'official_names' (the official code's rule: every parameter whose official name contains none of "
+              "'bias', 'linear', 'bn', 'fc'; prunes ResNet shortcut-BN scales); null: as general.compat says")
+    kept_count: Optional[Literal["round", "floor"]] = option(
+        None, "kept entries: 'round' (round((1-s)·n), ties to the lower index) or 'floor' (the official "
+              "max(1, floor((1-s)·n)) chosen by torch.topk); null: as general.compat says")
+    warmup_mode: Optional[Literal["passes", "flag"]] = option(
+        None, "'passes': warmup = k BN passes; 'flag': one pass for any warmup > 0 (the official code); null: as "
+              "general.compat says")
+    mask_transform: Optional[Literal["eval", "train"]] = option(
+        None, "mask data shown with the evaluation transform or the training augmentation (official); null: as "
+              "general.compat says")
+    mask_order: Optional[Literal["fixed", "reshuffle"]] = option(
+        None, "mask batches in one fixed seeded order, or reshuffled every pass (official; seeded by the scoring "
+              "seed); null: as general.compat says")
+    mask_sampling: Optional[Literal["seeded", "unseeded"]] = option(
+        None, "mask samples drawn with the run seed, or from fresh OS entropy on every launch (the official "
+              "code never seeds Python's random; not reproducible, the indices are logged); null: as general.compat "
+              "says")
     options: dict[str, Any] = option(factory=dict, help="criterion-specific options (validated by the criterion)")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {
+        "prunable": {"paper": "module_type", "official": "official_names"},
+        "kept_count": {"paper": "round", "official": "floor"},
+        "warmup_mode": {"paper": "passes", "official": "flag"},
+        "mask_transform": {"paper": "eval", "official": "train"},
+        "mask_order": {"paper": "fixed", "official": "reshuffle"},
+        "mask_sampling": {"paper": "seeded", "official": "unseeded"},
+    }
 
 
 @dataclass
