@@ -15,7 +15,7 @@ discover = REGISTRY.discover
 get = REGISTRY.get
 names = REGISTRY.names
 
-from data.loaders import Loaders, build_loaders, mask_indices  # noqa: E402
+from data.loaders import Loaders, build_loaders, mask_indices, read_index_file  # noqa: E402
 
 __all__ = ["REGISTRY", "register", "get", "names", "discover", "DatasetSource", "DataSplits", "Loaders",
-           "build_loaders", "mask_indices"]
+           "build_loaders", "mask_indices", "read_index_file"]

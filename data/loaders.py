@@ -4,7 +4,10 @@
   (evaluation transform); otherwise validation uses the test set, as the official code does.
 - Mask data: ``per_class_samples`` training samples of each class (evaluation transform), chosen
   with the run seed only, so every criterion of one seed scores the same samples; their order is
-  shuffled with the same seed and split into batches of ``compressor.batch_size``.
+  shuffled with the same seed and split into batches of ``compressor.batch_size``.  ``per_class_samples``
+  None: every sample of the training subset (what is left after ``train4val``), order shuffled the same
+  way.  ``mask_indices`` (a list read by :func:`read_index_file`): exactly these training-set rows, in
+  this order (checked to lie in the training subset).
 - Training order: epoch ``e`` is shuffled with a generator seeded from (seed, e), so a resumed run
   sees exactly the batches an uninterrupted one would.
 - ``loader="classic"`` (default): torch DataLoaders over the dataset's PIL/torchvision pipeline.
@@ -16,8 +19,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -92,10 +97,16 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[n
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
-def mask_indices(targets: np.ndarray, per_class: int, seed: int, pool: Optional[np.ndarray] = None) -> list[int]:
-    """``per_class`` indices of every class from ``pool`` (default: all), chosen and ordered by ``seed``."""
+def mask_indices(targets: np.ndarray, per_class: Optional[int], seed: int,
+                 pool: Optional[np.ndarray] = None) -> list[int]:
+    """``per_class`` indices of every class from ``pool`` (default: all), chosen and ordered by ``seed``;
+    ``per_class`` None: all of ``pool``, ordered by ``seed``."""
     pool = np.arange(len(targets)) if pool is None else np.asarray(pool)
     rng = np.random.default_rng(derive_seed(seed, "mask-data"))
+    if per_class is None:
+        order = np.sort(pool)
+        rng.shuffle(order)
+        return [int(i) for i in order]
     chosen = []
     for c in np.unique(targets[pool]):
         idx = pool[targets[pool] == c]
@@ -108,6 +119,74 @@ def mask_indices(targets: np.ndarray, per_class: int, seed: int, pool: Optional[
     return [int(i) for i in order]
 
 
+MASK_INDICES_FIELD = "training.compressor.mask_indices"
+
+
+def read_index_file(path: str | Path) -> list[int]:
+    """The training-set indices of a mask-index file, in file order.  Accepted: a JSON list of integers, a JSON
+    object with an ``"indices"`` list (the ``mask_indices.json`` a run folder records), or plain text with
+    whitespace- or comma-separated integers.  A ValueError naming the file and the field otherwise."""
+    where = f"{MASK_INDICES_FIELD} file {str(path)!r}"
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: cannot be read as UTF-8 text ({exc})") from None
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        if isinstance(data, dict):
+            if "indices" not in data:
+                raise ValueError(f"{where}: a JSON object needs an 'indices' list (keys found: "
+                                 f"{', '.join(map(repr, data)) or 'none'})")
+            data = data["indices"]
+        if not isinstance(data, list):
+            raise ValueError(f"{where}: 'indices' must be a list of integers, got {type(data).__name__}")
+        values = data
+    else:
+        values = []
+        for i, token in enumerate(stripped.replace(",", " ").split()):
+            try:
+                values.append(int(token))
+            except ValueError:
+                raise ValueError(f"{where}: entry {i} is {token!r}, not an integer; expected a JSON list of "
+                                 "integers, {\"indices\": [...]}, or integers separated by spaces, commas or "
+                                 "new lines") from None
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{where}: entry {i} is {v!r}, not an integer")
+        out.append(v)
+    if not out:
+        raise ValueError(f"{where}: holds no index; at least one training-set index is needed")
+    return out
+
+
+def check_mask_indices(indices: list[int], pool: np.ndarray, n_train: int, source: str) -> list[int]:
+    """``indices`` if every one is a distinct row of the training subset ``pool`` (of a training set of
+    ``n_train`` rows); a ValueError naming ``source`` and the first bad entry otherwise."""
+    where = f"{MASK_INDICES_FIELD} file {source!r}"
+    in_pool = np.zeros(n_train, dtype=bool)
+    in_pool[np.asarray(pool, dtype=np.int64)] = True
+    seen: set[int] = set()
+    for i, v in enumerate(indices):
+        if not 0 <= v < n_train:
+            raise ValueError(f"{where}: entry {i} is {v}, out of range; valid: 0..{n_train - 1} (rows of the "
+                             "training set)")
+        if not in_pool[v]:
+            raise ValueError(f"{where}: entry {i} is {v}, a row that dataset.train4val holds out for validation; "
+                             "valid: rows of the training subset")
+        if v in seen:
+            raise ValueError(f"{where}: entry {i} repeats index {v}; every index may appear once")
+        seen.add(v)
+    return list(indices)
+
+
 def build_loaders(
     splits: DataSplits,
     *,
@@ -117,7 +196,9 @@ def build_loaders(
     train4val: bool = False,
     val_fraction: float = 0.2,
     mask_batch_size: int = 1,
-    per_class_samples: int = 10,
+    per_class_samples: Optional[int] = 10,
+    mask_index_list: Optional[Sequence[int]] = None,
+    mask_index_source: str = "the mask-index list",
     seed: int = 0,
     pin_memory: bool = False,
     loader: str = "classic",
@@ -146,7 +227,10 @@ def build_loaders(
     else:
         train_idx = np.arange(len(targets))
         train_set, val_set = splits.train, splits.test
-    mask_idx = mask_indices(targets, per_class_samples, seed, pool=train_idx)
+    if mask_index_list is not None:
+        mask_idx = check_mask_indices(list(mask_index_list), train_idx, len(targets), mask_index_source)
+    else:
+        mask_idx = mask_indices(targets, per_class_samples, seed, pool=train_idx)
     eval_bs = eval_batch_size or batch_size
     common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
     gen = torch.Generator().manual_seed(derive_seed(seed, "workers", 0))

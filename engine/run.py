@@ -30,7 +30,7 @@ from engine.checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoin
 from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
 from engine.trackers import Tracker, flat_scalars, open_trackers
 from spec import RunSpec
-from spec.folder import CostRecord, Files, Heartbeat, PruningRecord, RunFolder, RunResults
+from spec.folder import CostRecord, Files, Heartbeat, PruningRecord, RunFolder, RunResults, mask_indices_record
 from utils import distributed
 from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 
@@ -161,6 +161,10 @@ class Run:
         self.steps_per_epoch = min(len(self.loaders.train), tr.max_batches or len(self.loaders.train))
         if self.steps_per_epoch < 1:
             raise ValueError(f"dataset '{self.cfg.dataset.name}': the training set yields no batch")
+        drawn = f"per_class_samples={comp.per_class_samples}" if comp.per_class_samples else "whole training subset"
+        source = comp.mask_indices or f"{drawn}, seed {self.cfg.general.seed}"
+        self.folder.write(Files.MASK_INDICES, mask_indices_record(self.loaders.mask_indices, source,
+                                                                  self.cfg.dataset.name))
 
     def hparams(self) -> dict[str, Any]:
         """The run's settings for trackers: the main choices and every non-default value (flattened)."""

@@ -50,6 +50,16 @@ class Files:
     DAMAGED = ".damaged"              # suffix of a damaged file moved aside (checkpoint.pt.damaged)
     HEARTBEAT = "heartbeat.json"      # a running run's position: Heartbeat
     COSTS = "costs.json"              # parameters and FLOPs per layer, dense and effective (CostRecord totals)
+    MASK_INDICES = "mask_indices.json"  # the training-set rows of the mask data: mask_indices_record()
+
+
+def mask_indices_record(indices: list[int], source: str, dataset: str) -> dict[str, Any]:
+    """``mask_indices.json``: the mask data's training-set rows in the order scored, where they came from (the
+    ``compressor.mask_indices`` file, or the seeded draw) and their SHA-256.  The file itself is accepted by
+    ``training.compressor.mask_indices``, so another run can reuse exactly these rows."""
+    digest = hashlib.sha256(",".join(map(str, indices)).encode()).hexdigest()
+    return {"format": "pai-mask-indices", "dataset": dataset, "source": source, "count": len(indices),
+            "sha256": digest, "indices": list(indices)}
 
 
 Status = Literal["running", "completed", "failed", "interrupted"]

@@ -128,6 +128,11 @@ class RunSpec:
                 problems.append(Problem("model", f"cannot build '{cfg.model.name}' with options "
                                                  f"{cfg.model.options} for input {ds_cls.input_shape}: {exc}"))
                 return
+        if cfg.training.compressor.mask_indices:
+            try:
+                data.read_index_file(cfg.training.compressor.mask_indices)
+            except ValueError as exc:
+                problems.append(Problem("training.compressor.mask_indices", str(exc)))
         if criterion:
             try:  # e.g. autosparse loads its predictor file here
                 self.build_criterion()
@@ -228,6 +233,8 @@ class RunSpec:
             splits, batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size, num_workers=ds.num_workers,
             train4val=ds.train4val, val_fraction=ds.val_fraction, mask_batch_size=comp.batch_size,
             per_class_samples=comp.per_class_samples, seed=cfg.general.seed, pin_memory=device.type == "cuda",
+            mask_index_list=data.read_index_file(comp.mask_indices) if comp.mask_indices else None,
+            mask_index_source=comp.mask_indices or "",
             loader=ds.loader, device=device, dataset_name=f"dataset '{ds.name}'", rank=rank, world=world)
 
     def num_classes(self, loaders: data.Loaders) -> int:

@@ -1,0 +1,119 @@
+"""compressor.mask_indices (an index file as the mask data) and per_class_samples null (the whole training
+subset): the rows used are exactly the given ones, recorded in the run folder, and bad files are refused
+with the file and the field named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from launch.runner import run_config
+from spec import RunSpec
+from spec.folder import Files
+from utils.typed import ConfigError
+
+FIELD = "training.compressor.mask_indices"
+
+
+def _train_rows(spec: RunSpec) -> np.ndarray:
+    """The training-subset rows of a digits config with train4val (as data.loaders computes them)."""
+    return np.asarray(spec.build_loaders(torch.device("cpu")).train.dataset.indices)
+
+
+def test_index_file_rows_are_used_exactly_and_recorded(make_config, tmp_path):
+    base = RunSpec.load(make_config("base"))
+    pool = _train_rows(base)
+    chosen = [int(i) for i in pool[[7, 3, 100, 42, 5, 64, 11, 250, 9, 1]]]  # any order, kept as given
+    index_file = tmp_path / "rows.json"
+    index_file.write_text(json.dumps(chosen))
+    cfg = make_config("given", **{"training.compressor.mask_indices": str(index_file), "training.num_steps": 1,
+                                  "training.compressor.batch_size": 3})
+    spec = RunSpec.load(cfg, build=True)
+    loaders = spec.build_loaders(torch.device("cpu"))
+    assert loaders.mask_indices == chosen
+    assert list(loaders.mask.dataset.indices) == chosen
+    assert [len(y) for _, y in loaders.mask] == [3, 3, 3, 1]
+
+    outcome = run_config(cfg, results=tmp_path / "results", log=lambda s: None)
+    assert outcome.status == "completed", outcome
+    run_dir = spec.run_dir(tmp_path / "results")
+    record = json.loads((run_dir / Files.MASK_INDICES).read_text())
+    assert record["indices"] == chosen and record["count"] == 10 and record["source"] == str(index_file)
+    assert json.loads((run_dir / Files.RESULTS).read_text())["mask_samples"] == 10
+
+    # the recorded file is itself a valid index file: a second run reuses exactly these rows
+    again = make_config("again", **{"training.compressor.mask_indices": str(run_dir / Files.MASK_INDICES)})
+    assert RunSpec.load(again, build=True).build_loaders(torch.device("cpu")).mask_indices == chosen
+
+
+def test_drawn_mask_data_is_recorded_too(make_config, tmp_path):
+    cfg = make_config("drawn", **{"training.num_steps": 1})
+    assert run_config(cfg, results=tmp_path / "r", log=lambda s: None).status == "completed"
+    spec = RunSpec.load(cfg)
+    record = json.loads((spec.run_dir(tmp_path / "r") / Files.MASK_INDICES).read_text())
+    assert record["indices"] == spec.build_loaders(torch.device("cpu")).mask_indices
+    assert record["count"] == 10 * 5 and record["source"].startswith("per_class_samples=5")
+
+
+def test_text_file_and_per_class_null(make_config, tmp_path):
+    base = RunSpec.load(make_config("base"))
+    pool = _train_rows(base)
+    text = tmp_path / "rows.txt"
+    text.write_text(f"{pool[4]}, {pool[2]}\n{pool[0]}\n")
+    spec = RunSpec.load(make_config("txt", **{FIELD: str(text)}), build=True)
+    assert spec.build_loaders(torch.device("cpu")).mask_indices == [int(pool[4]), int(pool[2]), int(pool[0])]
+
+    whole = RunSpec.load(make_config("all", **{"training.compressor.per_class_samples": None}))
+    idx = whole.build_loaders(torch.device("cpu")).mask_indices
+    assert sorted(idx) == sorted(int(i) for i in pool) and idx != sorted(idx)  # all of it, seeded order
+    assert whole.build_loaders(torch.device("cpu")).mask_indices == idx
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("[1, 2,", "invalid JSON at line 1"),
+    ('{"rows": [1, 2]}', "needs an 'indices' list"),
+    ('[1, "two"]', "entry 1 is 'two', not an integer"),
+    ("[1, 2.5]", "entry 1 is 2.5, not an integer"),
+    ("3 4 x", "entry 2 is 'x', not an integer"),
+    ("[]", "holds no index"),
+    ('{"indices": 5}', "must be a list of integers"),
+])
+def test_bad_files_are_refused_at_validation(make_config, tmp_path, content, message):
+    path = tmp_path / "bad_rows.json"
+    if content is not None:
+        path.write_text(content)
+    cfg = make_config("bad", **{FIELD: str(path)})
+    with pytest.raises(ConfigError) as err:
+        RunSpec.load(cfg, build=True)
+    text = str(err.value)
+    assert FIELD in text and str(path) in text and message in text, text
+
+
+def test_rows_outside_the_training_subset_are_refused(make_config, tmp_path):
+    spec = RunSpec.load(make_config("base"))
+    pool = _train_rows(spec)
+    held = sorted(set(range(int(pool.max()) + 1)) - set(int(i) for i in pool))
+    assert held, "train4val holds some rows out"
+    cases = [([int(pool[0]), 10 ** 6], "entry 1 is 1000000, out of range; valid: 0.."),
+             ([-1], "entry 0 is -1, out of range"),
+             ([int(pool[0]), held[0]], f"entry 1 is {held[0]}, a row that dataset.train4val holds out"),
+             ([int(pool[1]), int(pool[2]), int(pool[1])], f"entry 2 repeats index {int(pool[1])}")]
+    for i, (rows, message) in enumerate(cases):
+        path = tmp_path / f"rows{i}.json"
+        path.write_text(json.dumps(rows))
+        given = RunSpec.load(make_config(f"c{i}", **{FIELD: str(path)}), build=True)
+        with pytest.raises(ValueError) as err:
+            given.build_loaders(torch.device("cpu"))
+        assert FIELD in str(err.value) and str(path) in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_a_run_with_a_bad_file_fails_with_the_reason(make_config, tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text("[999999]")
+    outcome = run_config(make_config("bad", **{FIELD: str(path)}), results=tmp_path / "r", log=lambda s: None)
+    assert outcome.status == "failed" and FIELD in (outcome.reason or "") and "out of range" in outcome.reason
