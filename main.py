@@ -7,6 +7,7 @@
     python main.py sweep BASE.json --set PATH=V1,V2 [...] --out DIR [--with-dense] [--overwrite]
     python main.py report RESULTS_DIR [--out reports/NAME] [--metric M] [--sweep DIR] [--sparsity S]
     python main.py autos-train DATASET.pt [...] --out PREDICTOR.pt    # fit the AutoSparse predictor
+    python main.py export RUN --format torch-prune|sparse|... --out DIR  # a completed run's model, exported
     python main.py --experiment pbt --params_path DIR_OR_FILE     # the official repository's form
 """
 
@@ -182,6 +183,7 @@ def _add_launch_arguments(run: argparse.ArgumentParser) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     import compressors
     import data
+    import export
     import models
     from spec import EXPERIMENTS, config_fields
 
@@ -191,7 +193,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"| `{path}` | {kind} | `{default}` | {meaning} |")
         return 0
     for title, names in (("experiments", EXPERIMENTS.names()), ("datasets", data.names()),
-                         ("models", models.names()), ("criteria", compressors.names())):
+                         ("models", models.names()), ("criteria", compressors.names()),
+                         ("export formats", export.names())):
         print(f"{title}: {', '.join(names)}")
     return 0
 
@@ -211,6 +214,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = build_report(args.results, out, metric=args.metric, sweep_dir=args.sweep, sparsity=args.sparsity,
                           figures=not args.no_figures)
     return 0 if report.n_runs else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export import ExportError, export_run
+
+    try:
+        manifest = export_run(args.run, args.format, args.out, results=args.results)
+    except ExportError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    files = ", ".join(f"{name} ({size:,} bytes)" for name, size in manifest["files"].items())
+    print(f"{manifest['format']}: wrote {files} into {args.out}; {manifest['size_ratio']:.3f} x the "
+          f"{manifest['dense_bytes']:,} bytes of final_model.pt; manifest {Path(args.out) / 'export.json'}")
+    return 0
 
 
 SWEEP_HELP = """\
@@ -292,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sparsity of the layer-density and mask-overlap figures (default: the one closest to 0.9)")
     rep.add_argument("--no-figures", action="store_true", help="tables and lists only")
     rep.set_defaults(func=cmd_report)
+    exp = sub.add_parser("export", help="write a completed run's model in another format (torch-prune, sparse, ...)")
+    exp.add_argument("run", help="run folder (or a config file: its run folder under --results)")
+    exp.add_argument("--format", required=True,
+                     help="export format: torch-prune, sparse, ... (main.py list shows every one)")
+    exp.add_argument("--out", required=True, help="folder for the exported files and export.json")
+    exp.add_argument("--results", default=None,
+                     help="with a config file as RUN: the results root it was run into (default: "
+                          "general.output_dir or ./results)")
+    exp.set_defaults(func=cmd_export)
     from autosparse.cli import add_arguments as autos_arguments
 
     ats = sub.add_parser("autos-train", help="fit the AutoSparse predictor on autos_dataset.pt files of irp runs")

@@ -2,6 +2,7 @@
 
     utils -> autosparse, data, models -> compressors -> spec -> engine -> trainers -> launch -> main
                                                      spec -> sweeps, reporting (readers of run folders)
+                                                     spec -> export (rebuilds runs' models) -> main
 
 A module may import its own package and the packages allowed below; nothing reaches up or sideways.
 No module imports a private (underscore) name of another package's or module's internals either.
@@ -28,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "launch": LOW | {"spec", "engine"},
     "sweeps": LOW | {"spec"},
     "reporting": LOW | {"spec", "compressors"},
+    "export": LOW | {"data", "models", "compressors", "spec"},  # reads run folders, rebuilds their models
 }
 PROJECT = set(ALLOWED) | {"main", "benchmarks", "tests"}
 
