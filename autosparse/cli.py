@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation, row order and tensor hold-out")
     parser.add_argument("--features", choices=("standardized", "raw"), default="standardized",
                         help="theta0 and g0 standardised per tensor (default) or raw, as in the paper")
+    parser.add_argument("--target", choices=("fraction", "minmax"), default="fraction",
+                        help="regression target: surviving score / iterations (default), or min-max scaled over "
+                             "each dataset, as AutoSparse's code")
     parser.add_argument("--holdout", choices=("tensor", "dataset", "none"), default="tensor",
                         help="evaluate on whole held-out tensors (default), on the last dataset, or not at all")
     parser.add_argument("--holdout-fraction", type=float, default=0.2,
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = FitOptions(hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, features=args.features, holdout=args.holdout,
-                         holdout_fraction=args.holdout_fraction)
+                         holdout_fraction=args.holdout_fraction, target=args.target)
     try:
         result = train_predictor(args.datasets, args.out, options)
     except (DatasetFormatError, ValueError) as exc:

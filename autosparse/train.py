@@ -13,6 +13,9 @@ strongly correlated, so a row split would overstate transfer):
 Reported: the MSE of the scaled targets and the Spearman rank correlation of predicted vs true
 surviving scores on the held-out rows (pooled, and the mean over held-out tensors).  The fit is
 reproducible: the initialisation and the mini-batch order come from ``seed`` only.
+
+Targets: ``target="fraction"`` (default) ``score / N``; ``target="minmax"`` ``(score - min) / (max - min)``
+over all weights of one dataset, as AutoSparse's code does (``runner_autostrain.py``; its 1e-7 guard aside).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from autosparse.features import FEATURE_MODES, tensor_features
 from autosparse.predictor import build_mlp, make_settings, predict_rows, save_predictor
 
 HOLDOUTS = ("tensor", "dataset", "none")
+TARGETS = ("fraction", "minmax")
 
 
 @dataclass
@@ -46,9 +50,12 @@ class FitOptions:
     features: str = "standardized"
     holdout: str = "tensor"
     holdout_fraction: float = 0.2
+    target: str = "fraction"
 
     def check(self) -> None:
         problems = []
+        if self.target not in TARGETS:
+            problems.append(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.features not in FEATURE_MODES:
             problems.append(f"features must be one of {FEATURE_MODES}, got {self.features!r}")
         if self.holdout not in HOLDOUTS:
@@ -87,14 +94,28 @@ class FitResult:
     eval_keys: list[str]
 
 
-def collect_rows(datasets: Sequence[dict[str, Any]], features: str) -> list[TensorRows]:
-    """One :class:`TensorRows` per tensor of every dataset (targets = score / iterations)."""
+def target_scale(ds: dict[str, Any], target: str) -> tuple[float, float]:
+    """``(low, span)`` with ``y = (score - low) / span``: ``fraction`` (default) ``(0, N)``, the surviving score
+    over the iterations; ``minmax`` the global min-max over every weight of the dataset, as AutoSparse's code
+    scales its targets (a constant score gets span 1, i.e. target 0)."""
+    if target == "fraction":
+        return 0.0, float(ds["iterations"])
+    if target != "minmax":
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    scores = [t["score"] for t in ds["tensors"] if t["score"].numel()]
+    low = min(int(s.min()) for s in scores)
+    high = max(int(s.max()) for s in scores)
+    return float(low), float(high - low) or 1.0
+
+
+def collect_rows(datasets: Sequence[dict[str, Any]], features: str, target: str = "fraction") -> list[TensorRows]:
+    """One :class:`TensorRows` per tensor of every dataset (targets: :func:`target_scale`)."""
     out = []
     for d, ds in enumerate(datasets):
-        n_iter = ds["iterations"]
+        low, span = target_scale(ds, target)
         for t in ds["tensors"]:
             out.append(TensorRows(d, t["name"], tensor_features(t["theta0"], t["grad0"], features),
-                                  t["score"].reshape(-1).float() / n_iter, t["score"].reshape(-1).long()))
+                                  (t["score"].reshape(-1).float() - low) / span, t["score"].reshape(-1).long()))
     return out
 
 
@@ -146,12 +167,14 @@ def _evaluate(net: nn.Module, rows: Sequence[TensorRows], batch_size: int) -> di
 def fit(datasets: Sequence[dict[str, Any]], options: FitOptions, *, progress: bool = True) -> FitResult:
     """Fit the predictor on in-memory datasets (see :func:`autosparse.dataset.load_dataset`)."""
     options.check()
-    rows = collect_rows(datasets, options.features)
+    rows = collect_rows(datasets, options.features, options.target)
     train_idx, eval_idx = split_holdout(rows, options.holdout, options.seed, options.holdout_fraction)
     train_rows, eval_rows = [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
     x = torch.cat([r.x for r in train_rows])
     y = torch.cat([r.y for r in train_rows])
     settings = make_settings(options.features, options.hidden)
+    if options.target == "minmax":
+        settings["target"] = "surviving score, min-max scaled over each training set"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         net = build_mlp(settings["inputs"], settings["hidden"])

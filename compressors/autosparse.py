@@ -6,7 +6,11 @@ scaled to [0, 1] -- from its features at initialisation::
 
     s = f_MLP(theta0, g0),   g0 = (1/B) sum_b grad ell_b(theta0)   (eval mode, mask data)
 
-(``theta0``, ``g0`` standardised per tensor unless the predictor was trained on raw features).
+(``theta0``, ``g0`` standardised per tensor unless the predictor was trained on raw features).  Option
+``gradient: "sum"`` takes ``g0 = sum_b grad ell_b(theta0)`` instead, as AutoSparse's code does (its
+``init_p_grad`` sums the batch gradients); with raw features the scale matters, so use the reduction the
+predictor's training set was built with (``training.irp.grad_feature``: ``mask_mean`` -> mean,
+``train_sum`` -> sum; for the whole training set as mask data: ``compressor.per_class_samples: null``).
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from autosparse.predictor import load_predictor, predict_tensor
 from compressors import register
 from compressors.base import Compressor, Scores
-from compressors.estimators import mean_gradient
+from compressors.estimators import mean_gradient, summed_gradient
 from utils.typed import option
 
 
@@ -33,6 +37,9 @@ class AutoSparseOptions:
     batch_size: int = option(65536, "weights per prediction batch (bounds the memory of the prediction)", min=1)
     chunk_size: int = option(128, "mask samples per batched forward/backward pass of the mean gradient (memory "
                                   "vs speed; the result does not depend on it)", min=1)
+    gradient: Literal["mean", "sum"] = option(
+        "mean", "the feature g0 over the mask batches: 'mean' (1/B) sum_b grad ell_b, or 'sum' sum_b grad ell_b "
+                "(AutoSparse's code)")
 
 
 @register("autosparse")
@@ -57,7 +64,8 @@ class AutoSparse(Compressor):
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
         params = dict(model.named_parameters())
-        grads = mean_gradient(model, names, mask_loader, loss_fn, chunk_size=self.options.chunk_size)
+        reduce = summed_gradient if self.options.gradient == "sum" else mean_gradient
+        grads = reduce(model, names, mask_loader, loss_fn, chunk_size=self.options.chunk_size)
         net = self.net.to(next(iter(params.values())).device)
         with torch.no_grad():
             return {n: predict_tensor(net, self.settings, params[n].detach(), grads[n], self.options.batch_size)

@@ -258,3 +258,48 @@ def test_a_version_1_predictor_without_a_digest_is_read_with_a_warning(tmp_path:
     torch.save(blob, tmp_path / "lost.pt")  # version 2 always carries its digest: this one lost it
     with pytest.raises(PredictorError, match=r"lost\.pt'.*damaged \(.*no content digest"):
         load_predictor(tmp_path / "lost.pt")
+
+
+# ------------------------------------------------------------------ AutoSparse as its paper's code ran it
+def test_gradient_sum_option_feeds_the_summed_batch_gradients(tmp_path: Path) -> None:
+    path = _predictor(tmp_path / "p.pt", [8], "raw")
+    model = _small_cnn()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+    loader = [(x[:4], y[:4]), (x[4:], y[4:])]
+    names = compressors.prunable_names(model)
+    model.eval()
+    params = dict(model.named_parameters())
+    gsum = {n: torch.zeros_like(params[n]) for n in names}
+    for xb, yb in loader:
+        grads = torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb), [params[n] for n in names])
+        for n, gr in zip(names, grads):
+            gsum[n] += gr
+    net, _ = load_predictor(path)
+    s_sum = compressors.build("autosparse", predictor=str(path), gradient="sum").score(model, loader,
+                                                                                        nn.CrossEntropyLoss())
+    s_mean = compressors.build("autosparse", predictor=str(path)).score(model, loader, nn.CrossEntropyLoss())
+    for n in names:
+        with torch.no_grad():
+            ref = net(torch.stack([params[n].detach().reshape(-1), gsum[n].reshape(-1)], 1)).reshape(params[n].shape)
+        torch.testing.assert_close(s_sum[n], ref, atol=1e-5, rtol=1e-4)
+    assert any(not torch.allclose(s_sum[n], s_mean[n]) for n in names)  # raw features: the scale matters
+    with pytest.raises(ConfigError, match="gradient"):
+        compressors.build("autosparse", predictor=str(path), gradient="median")
+
+
+def test_minmax_target_scales_over_the_whole_dataset() -> None:
+    ds = synthetic(0)
+    for t in ds["tensors"]:  # scores 1..3 only: min-max differs from score / N
+        t["score"] = torch.clamp(t["score"], 1, 3)
+    fraction = collect_rows([ds], "raw")
+    minmax = collect_rows([ds], "raw", "minmax")
+    for a, b in zip(fraction, minmax):
+        torch.testing.assert_close(a.y, a.score.float() / N_ITER)
+        torch.testing.assert_close(b.y, (b.score.float() - 1) / 2)
+        torch.testing.assert_close(b.x, a.x)  # raw features either way
+    assert min(float(r.y.min()) for r in minmax) == 0.0 and max(float(r.y.max()) for r in minmax) == 1.0
+    result = fit([ds], FitOptions(**FAST, features="raw", target="minmax", holdout="none"), progress=False)
+    assert result.settings["target"].startswith("surviving score, min-max")
+    with pytest.raises(ValueError, match="target must be one of"):
+        fit([ds], FitOptions(**FAST, target="zscore"), progress=False)

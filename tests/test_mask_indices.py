@@ -5,7 +5,6 @@ with the file and the field named."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -356,3 +356,73 @@ def test_early_prune_epoch_must_lie_before_the_end(tmp_path: Path) -> None:
     cfg["training"]["early"]["prune_epoch"] = 3
     out = run_config(_write(tmp_path, "late", cfg), results=tmp_path / "res", log=lambda s: None)
     assert out.status == "failed" and "training.early.prune_epoch" in out.reason and "valid:" in out.reason
+
+
+# ------------------------------------------------------------ irp as AutoSparse's code runs it (issue 15)
+def test_irp_prune_first_ranks_theta0_before_any_training(tmp_path: Path) -> None:
+    cfg = copy.deepcopy(IRP)
+    cfg["training"]["irp"].update({"order": "prune_first", "reset_non_prunable": False})
+    cfg["training"]["compressor"].update({"prune_classifier": True, "warmup": 0})
+    out = run_config(_write(tmp_path, "pf", cfg), results=tmp_path / "res", log=lambda s: None)
+    assert out.status == "completed", out.reason
+    run = Path(out.run_dir)
+    records = json.loads((run / "iterations.json").read_text())
+    assert [r["iteration"] for r in records] == [1, 2, 3, "final"]
+    assert records[0]["trained_density"] is None and records[1]["trained_density"] == pytest.approx(
+        records[0]["density"])
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 3  # N trainings: 2 between the pruning steps + the final one
+    ds = torch.load(run / "autos_dataset.pt", weights_only=True)
+    names = [t["name"] for t in ds["tensors"]]
+    assert names[-1] == compressors.prunable_names(_tiny_model(), include_classifier=True)[-1]  # classifier pruned
+    # step 1 is magnitude at theta0: the survivors of step 1 are the top |theta0| weights
+    magnitudes = torch.cat([t["theta0"].abs().reshape(-1) for t in ds["tensors"]])
+    survived = torch.cat([(t["score"] >= 1).reshape(-1) for t in ds["tensors"]])
+    kept = int(survived.sum())
+    assert kept == round((1 - sparsity_schedule(0.9, 3)[0]) * magnitudes.numel())
+    assert torch.equal(survived, magnitudes >= magnitudes.topk(kept).values.min())
+
+
+def _tiny_model() -> nn.Module:
+    import models
+
+    return models.build("digits_cnn", num_classes=10, input_shape=(1, 8, 8), width=8)
+
+
+def test_irp_train_sum_gradient_is_the_sum_over_the_training_set(tmp_path: Path) -> None:
+    from spec import RunSpec
+
+    cfg = copy.deepcopy(IRP)
+    cfg["training"]["compressor"]["warmup"] = 0
+    cfg["training"]["irp"].update({"iterations": 1, "final_epochs": 0, "grad_feature": "train_sum",
+                                   "grad_batch_size": 50})
+    path = _write(tmp_path, "sum", cfg)
+    out = run_config(path, results=tmp_path / "res", log=lambda s: None)
+    assert out.status == "completed", out.reason
+    ds = torch.load(Path(out.run_dir) / "autos_dataset.pt", weights_only=True)
+    # reference: the model at theta0 in eval mode, one backward per 50 training samples, summed
+    spec = RunSpec.load(path)
+    loaders = spec.build_loaders(torch.device("cpu"))
+    model = spec.build_model(loaders).eval()
+    params = dict(model.named_parameters())
+    names = [t["name"] for t in ds["tensors"]]
+    total = {n: torch.zeros_like(params[n]) for n in names}
+    train_set = loaders.train.dataset
+    for start in range(0, len(train_set), 50):
+        xb, yb = zip(*(train_set[i] for i in range(start, min(start + 50, len(train_set)))))
+        loss = nn.functional.cross_entropy(model(torch.stack(xb)), torch.as_tensor(yb))
+        for n, g in zip(names, torch.autograd.grad(loss, [params[n] for n in names])):
+            total[n] += g
+    for t in ds["tensors"]:
+        torch.testing.assert_close(t["grad0"], total[t["name"]], atol=1e-5, rtol=1e-4)
+    assert ds["grad_feature"] == "train_sum" and ds["order"] == "train_first"
+
+
+def test_irp_refuses_option_combinations_that_mean_nothing(tmp_path: Path) -> None:
+    cases = [({"order": "prune_first", "rewind_epoch": 1}, "training.irp.rewind_epoch"),
+             ({"grad_batch_size": 64}, "training.irp.grad_batch_size")]
+    for i, (irp, field) in enumerate(cases):
+        cfg = copy.deepcopy(IRP)
+        cfg["training"]["irp"].update(irp)
+        out = run_config(_write(tmp_path, f"bad{i}", cfg), results=tmp_path / "res", log=lambda s: None)
+        assert out.status == "failed" and field in out.reason, out.reason
