@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from utils import compat
 from utils.typed import NoOptions, parse_strict
 
 Scores = dict[str, torch.Tensor]
@@ -42,12 +43,38 @@ def classifier_name(model: nn.Module) -> str | None:
     return last
 
 
-def prunable_names(model: nn.Module, *, include_classifier: bool = False, include_biases: bool = False) -> list[str]:
+PRUNABLE_RULES = ("module_type", "official_names")
+OFFICIAL_SKIP = ("bias", "linear", "bn", "fc")  # the official code skips every parameter whose name holds one
+
+
+def official_parameter_names(model: nn.Module) -> dict[str, str]:
+    """``{name: the official code's name of the same parameter}`` for every parameter of ``model``.  A model
+    whose parameter names differ from the official model's (e.g. VGG's ``features.1.weight`` is the official
+    ``features.bn_1.weight``) says so with a method ``official_parameter_names() -> {name: official name}``;
+    other names are taken as they are."""
+    declared = getattr(model, "official_parameter_names", None)
+    mapping = declared() if callable(declared) else {}
+    return {n: mapping.get(n, n) for n, _ in model.named_parameters()}
+
+
+def prunable_names(model: nn.Module, *, include_classifier: bool = False, include_biases: bool = False,
+                   rule: str = "module_type") -> list[str]:
     """Names (as in ``model.named_parameters()``) of the prunable parameters.
 
-    Chosen by module type, never by substrings of names: the weights of Conv and Linear layers; the
-    final classifier (last Linear) and biases only when asked; normalisation layers never.
+    ``rule="module_type"`` (default): chosen by module type, never by substrings of names: the weights of
+    Conv and Linear layers; the final classifier (last Linear) and biases only when asked; normalisation
+    layers never.  ``rule="official_names"``: the official second-order PaI code's rule, every parameter
+    whose official name (:func:`official_parameter_names`) contains none of ``OFFICIAL_SKIP``, in
+    ``named_parameters()`` order; on its ResNets this also prunes the shortcut-BN scales
+    ``layer{2,3,4}.0.shortcut.1.weight``.
     """
+    if rule not in PRUNABLE_RULES:
+        raise ValueError(f"prunable rule must be one of {PRUNABLE_RULES}, got {rule!r}")
+    if rule == "official_names":
+        if include_classifier or include_biases:
+            raise ValueError("the 'official_names' prunable rule takes no prune_classifier / prune_biases")
+        return [n for n, official in official_parameter_names(model).items()
+                if not any(word in official for word in OFFICIAL_SKIP)]
     skip = None if include_classifier else classifier_name(model)
     names = []
     for mod_name, module in model.named_modules():
@@ -105,7 +132,8 @@ class Compressor:
     registered_name: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:
-        self.options = parse_strict(self.Options, options, "options")
+        # switches left None (utils.compat) take the paper's value; a run's spec has filled them in already
+        self.options = compat.resolve(parse_strict(self.Options, options, "options"), compat.REFERENCE_MODE)
 
     @property
     def name(self) -> str:

@@ -21,15 +21,24 @@ class _HutchinsonBase(Compressor):
     Options = HutchinsonOptions
 
     def _estimate(self, model, names, mask_loader, loss_fn) -> HutchinsonResult:
+        """The estimate for ``names``; with ``probe_params: "all"`` the probes z (and so ``z ⊙ Hz``) run
+        over every parameter of the model, as the official code's, and the result is cut to ``names``."""
         o = self.options
         gen = estimator_generator(o.seed, model_device(model))
-        return hutchinson_diagonal(model, names, mask_loader, loss_fn, probes=o.probes, generator=gen,
-                                   temperature=o.temperature, chunk_size=o.chunk_size)
+        probed = list(names) if o.probe_params == "scored" else list(
+            dict.fromkeys([n for n, _ in model.named_parameters()] + list(names)))
+        res = hutchinson_diagonal(model, probed, mask_loader, loss_fn, probes=o.probes, generator=gen,
+                                  temperature=o.temperature, chunk_size=o.chunk_size)
+        if probed == list(names):
+            return res
+        return HutchinsonResult(diag={n: res.diag[n] for n in names}, stderr={n: res.stderr[n] for n in names},
+                                mean_grad={n: res.mean_grad[n] for n in names}, samples=res.samples)
 
     def _scored(self, scores: dict, res: HutchinsonResult) -> ScoreMap:
         o = self.options
         return ScoreMap(scores, {"estimator": "hutchinson", "probes_per_batch": o.probes, "samples": res.samples,
-                                 "temperature": o.temperature, "tensors": res.diagnostics()})
+                                 "temperature": o.temperature, "probe_params": o.probe_params,
+                                 "tensors": res.diagnostics()})
 
 
 @register("hutch_diag")

@@ -14,11 +14,27 @@ import torch
 Scores = dict[str, torch.Tensor]
 
 
-def kept_count(n: int, sparsity: float) -> int:
-    """Number of entries kept out of ``n`` at ``sparsity``: round((1 - sparsity) * n)."""
+KEPT_RULES = ("round", "floor")
+
+
+def kept_count(n: int, sparsity: float, rule: str = "round") -> int:
+    """Number of entries kept out of ``n`` at ``sparsity``: ``round((1 - sparsity) * n)``; with
+    ``rule="floor"`` the official second-order PaI code's ``max(1, int((1 - sparsity) * n))``."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if rule == "floor":
+        return max(1, int((1.0 - sparsity) * n))
+    if rule != "round":
+        raise ValueError(f"kept-count rule must be one of {KEPT_RULES}, got {rule!r}")
     return int(round((1.0 - sparsity) * n))
+
+
+def torch_topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` entries ``torch.topk(flat, k, sorted=False)`` returns: the official code's
+    selection, whose choice among tied scores is the kernel's, not the position's."""
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[torch.topk(flat, min(k, flat.numel()), largest=True, sorted=False).indices] = True
+    return mask
 
 
 SMALL_SELECT = 1 << 20  # below this many entries, torch.kthvalue on everything is fast enough
@@ -100,25 +116,32 @@ def check_masks(masks: Scores, where: str) -> None:
             raise ValueError(f"{where}: the mask of {n} holds values other than 0 and 1")
 
 
-def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = "global") -> Scores:
+def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = "global",
+           kept: Literal["round", "floor"] = "round") -> Scores:
     """Keep the top (1 - sparsity) fraction of the scores: ``{name: 0/1 float tensor}``.
 
     ``global``: one threshold over all tensors together; ``layer``: the same fraction of every tensor.
+    ``kept="round"`` (default): exactly :func:`kept_count` entries, ties to the lower index;
+    ``kept="floor"``: the official code's ``max(1, floor((1 - s) n))`` entries chosen by ``torch.topk``
+    over the concatenation in the order of ``scores`` (its tie order is the kernel's).
     """
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+    if kept not in KEPT_RULES:
+        raise ValueError(f"kept must be one of {KEPT_RULES}, got {kept!r}")
     if not scores:
         return {}
+    pick = topk_mask if kept == "round" else torch_topk_mask
     if scope == "layer":
         return {
-            name: topk_mask(s.reshape(-1), kept_count(s.numel(), sparsity)).reshape(s.shape).float()
+            name: pick(s.reshape(-1), kept_count(s.numel(), sparsity, kept)).reshape(s.shape).float()
             for name, s in scores.items()
         }
     names = list(scores)
     device = next(iter(scores.values())).device
     dtype = torch.float64 if any(scores[n].dtype != torch.float32 for n in names) else torch.float32
     flat = torch.cat([scores[n].reshape(-1).to(device, dtype) for n in names])
-    keep = topk_mask(flat, kept_count(flat.numel(), sparsity))
+    keep = pick(flat, kept_count(flat.numel(), sparsity, kept))
     masks, offset = {}, 0
     for n in names:
         size = scores[n].numel()
@@ -128,18 +151,18 @@ def select(scores: Scores, sparsity: float, scope: Literal["global", "layer"] = 
 
 
 def select_remaining(scores: Scores, masks: Scores, sparsity: float,
-                     scope: Literal["global", "layer"] = "global") -> Scores:
+                     scope: Literal["global", "layer"] = "global", kept: Literal["round", "floor"] = "round") -> Scores:
     """Masks at ``sparsity`` keeping the best-scored *remaining* weights (iterative pruning): weights
     already pruned in ``masks`` rank below every remaining one, so they never come back and the new masks
-    are subsets of ``masks``.  With nothing pruned yet this is :func:`select` exactly."""
+    are subsets of ``masks``.  With nothing pruned yet this is :func:`select` exactly (``kept``: its rule)."""
     if all(bool(m.all()) for m in masks.values()):
-        return {n: m.to(masks[n].device, masks[n].dtype) for n, m in select(scores, sparsity, scope).items()}
+        return {n: m.to(masks[n].device, masks[n].dtype) for n, m in select(scores, sparsity, scope, kept).items()}
     top = torch.finfo(torch.float64).max
     ranked = {}
     for n, s in scores.items():
         s = torch.nan_to_num(s.detach().double(), nan=-top, posinf=top, neginf=-top)
         ranked[n] = torch.where(masks[n].to(s.device).bool(), s, torch.full_like(s, float("-inf")))
-    new = select(ranked, sparsity, scope)
+    new = select(ranked, sparsity, scope, kept)
     return {n: (new[n].to(masks[n].device) * masks[n]).to(masks[n].dtype) for n in masks}
 
 

@@ -11,7 +11,7 @@ from torch.func import functional_call
 from compressors import register
 from compressors.base import Compressor, ScoreMap, Scores
 from compressors.estimators import flat_views
-from compressors.masks import kept_count, sparsity_schedule, topk_mask
+from compressors.masks import kept_count, sparsity_schedule, topk_mask, torch_topk_mask
 from compressors.options import SynFlowOptions
 from utils.progress import progress
 
@@ -67,10 +67,16 @@ class SynFlow(Compressor):
 
     With keep fraction ``d = 1 - sparsity`` and n rounds (option ``rounds``), round k (k = 1..n) scores the
     currently masked network and keeps the top ``d^(k/n)`` of the scored weights globally, so only the
-    last round reaches d (the schedule is fed the *keep* fraction: public code that feeds it the prune
-    fraction prunes ~99.9% in round one).  Computed in float32, redone in float64 if R or a score
-    overflows.  The original weights are never modified (``functional_call``).  The returned scores are
-    those of the last round, so ``select(scores, sparsity, "global")`` reproduces the final mask exactly.
+    last round reaches d (Tanaka et al. 2020, Alg. 1: the schedule is fed the *keep* fraction).  Option
+    ``schedule: "prune_fraction"`` feeds it the prune fraction instead, as the official second-order PaI
+    code does: round k keeps ``1 - s^(k/n)`` (~0.1% in round one at s = 0.9).  Option ``rounds_select:
+    "official"`` selects inside the rounds as that code does: ``max(1, floor(d n))`` weights by
+    ``torch.topk`` (ties in the kernel's order), and a weight pruned in one round stays zero in every later
+    round even where a later round's mask keeps it (the official loop multiplies the weights in place).
+    Computed in float32, redone in float64 if R or a score overflows.  The original weights are never
+    modified (``functional_call``).  The returned scores are those of the last round, so
+    ``select(scores, sparsity, "global")`` reproduces the final mask exactly (with ``kept="floor"`` under
+    ``rounds_select: "official"``).
     The mask loader is used only for the input shape.
     """
 
@@ -105,7 +111,8 @@ class SynFlow(Compressor):
         shapes = [params[n].shape for n in names]
         masks = dict(zip(names, flat_views(flat_mask, shapes)))
         scores = dict(zip(names, flat_views(flat_scores, shapes)))
-        schedule = sparsity_schedule(sparsity, self.options.rounds)  # round k keeps d^(k/n)
+        schedule = self.schedule(sparsity)
+        official = self.options.rounds_select == "official"
         state = positive_state(model, dtype)
         for k, round_sparsity in progress(enumerate(schedule, 1), desc="SynFlow rounds", total=len(schedule),
                                           unit="round"):
@@ -113,5 +120,16 @@ class SynFlow(Compressor):
             if not (ok and bool(torch.isfinite(flat_scores.max()))):  # scores >= 0: max is inf/NaN if any is
                 return scores, False
             if k < len(schedule):
-                flat_mask.copy_(topk_mask(flat_scores, kept_count(total, round_sparsity)))
+                if official:  # pruned weights stay zero: the new mask only removes more
+                    flat_mask.logical_and_(torch_topk_mask(flat_scores, kept_count(total, round_sparsity, "floor")))
+                else:
+                    flat_mask.copy_(topk_mask(flat_scores, kept_count(total, round_sparsity)))
         return scores, True
+
+    def schedule(self, sparsity: float) -> list[float]:
+        """The sparsity of each round: ``1 - d^(k/n)`` (``keep_fraction``) or ``s^(k/n)``
+        (``prune_fraction``, the official code's ``sparsity ** ((epoch + 1) / epochs)``); the last is s."""
+        n = self.options.rounds
+        if self.options.schedule == "prune_fraction":
+            return [sparsity ** ((k + 1) / n) for k in range(n)]
+        return sparsity_schedule(sparsity, n)

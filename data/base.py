@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -14,6 +14,9 @@ from utils.typed import NoOptions, parse_strict
 
 if TYPE_CHECKING:
     from data._common import DeviceData
+
+
+NORMALIZATIONS = ("measured", "official")
 
 
 @dataclass
@@ -47,11 +50,38 @@ class DatasetSource:
     Options: ClassVar[type] = NoOptions
     num_classes: ClassVar[Optional[int]] = None
     input_shape: ClassVar[Optional[tuple[int, ...]]] = None
+    # The official second-order PaI code's normalisation constants (None: it does not load this dataset)
+    # and whether its training loader reshuffles every epoch.
+    official_mean: ClassVar[Optional[tuple[float, ...]]] = None
+    official_std: ClassVar[Optional[tuple[float, ...]]] = None
+    official_shuffle: ClassVar[bool] = False
 
-    def __init__(self, root: Optional[str] = "./datasets", download: bool = True, **options: Any) -> None:
+    def __init__(self, root: Optional[str] = "./datasets", download: bool = True, normalization: str = "measured",
+                 **options: Any) -> None:
         self.root: Path = resolve_root(root)
         self.download = download
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"dataset.normalization: invalid value {normalization!r}; valid: {NORMALIZATIONS}")
+        if normalization == "official" and self.official_std is None:
+            raise ValueError(f"dataset.normalization: the official code has no constants for {type(self).__name__}; "
+                             "valid: 'measured'")
+        self.normalization = normalization
         self.options = parse_strict(self.Options, options, "dataset.options")
+
+    @classmethod
+    def official_settings(cls) -> dict[str, Any]:
+        """This dataset's values of the ``dataset`` switches under ``general.compat: "official"``."""
+        return {"normalization": "official" if cls.official_std is not None else "measured",
+                "shuffle": cls.official_shuffle}
+
+    def normalisation(self, mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                      measured: tuple[tuple[float, ...], tuple[float, ...]]) -> tuple[tuple[float, ...], ...]:
+        """(mean, std): the ``dataset.options`` values when given, else the official constants under
+        ``normalization="official"``, else ``measured``."""
+        official = self.normalization == "official"
+        base_mean = self.official_mean if official and self.official_mean else measured[0]
+        base_std = self.official_std if official and self.official_std else measured[1]
+        return (tuple(mean) if mean else tuple(base_mean)), (tuple(std) if std else tuple(base_std))
 
     def load(self) -> DataSplits:  # pragma: no cover - abstract
         raise NotImplementedError("abstract: subclasses implement load()")

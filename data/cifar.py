@@ -64,8 +64,7 @@ class _Cifar(DatasetSource):
                                 f"download of {tv.url} failed: {reason}") from None
 
     def _stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        o = self.options
-        return (tuple(o.mean) if o.mean else self.mean), (tuple(o.std) if o.std else self.std)
+        return self.normalisation(self.options.mean, self.options.std, (self.mean, self.std))
 
     def load(self) -> DataSplits:
         train_set, test_set = self._open(True), self._open(False)
@@ -97,6 +96,8 @@ class Cifar10(_Cifar):
     display = "cifar10"
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
+    official_mean = (0.4914, 0.4822, 0.4465)
+    official_std = (0.2023, 0.1994, 0.2010)
 
 
 @register("cifar100")
@@ -108,3 +109,5 @@ class Cifar100(_Cifar):
     display = "cifar100"
     mean = (0.5071, 0.4865, 0.4409)
     std = (0.2673, 0.2564, 0.2762)
+    official_mean = (0.5071, 0.4867, 0.4408)
+    official_std = (0.2675, 0.2565, 0.2761)

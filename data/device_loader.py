@@ -66,6 +66,7 @@ class DeviceLoader:
         self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device).reshape(1, c, 1, 1)
         self.epoch, self.start_batch = 0, 0
         self.rank, self.world, self.global_batch = 0, 1, batch_size
+        self.shuffle = True  # train=True: False keeps the stored order every epoch (augmentation still drawn)
         self.dataset = range(len(self.targets))  # len(loader.dataset) like a DataLoader
 
     def shard(self, rank: int, world: int) -> None:
@@ -87,7 +88,8 @@ class DeviceLoader:
         n = len(self.targets)
         if not self.train:
             return torch.arange(n)
-        return shard(epoch_permutation(n, self.seed, self.epoch), self.global_batch, self.rank, self.world)
+        perm = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else torch.arange(n)
+        return shard(perm, self.global_batch, self.rank, self.world)
 
     def _draws(self, n: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Crop offsets and flips of every sample of this epoch (drawn on the CPU, then moved: the

@@ -9,7 +9,12 @@
   way.  ``mask_indices`` (a list read by :func:`read_index_file`): exactly these training-set rows, in
   this order (checked to lie in the training subset).
 - Training order: epoch ``e`` is shuffled with a generator seeded from (seed, e), so a resumed run
-  sees exactly the batches an uninterrupted one would.
+  sees exactly the batches an uninterrupted one would; ``shuffle=False``: the stored order every epoch
+  (the official CIFAR loaders).
+- Official-code switches of the mask data: ``mask_transform="train"`` shows it with the training
+  augmentation, ``mask_order="reshuffle"`` reshuffles it on every pass (torch's global RNG, which the run
+  seeds before scoring), ``mask_sampling="unseeded"`` draws the samples from fresh OS entropy (the rows
+  drawn are in ``Loaders.mask_indices``, which the run records).
 - ``loader="classic"`` (default): torch DataLoaders over the dataset's PIL/torchvision pipeline.
   ``loader="device"``: train / val / test are :class:`data.device_loader.DeviceLoader` objects holding the
   uint8 images on the training device (same permutation per epoch as the classic loader, augmentation
@@ -20,6 +25,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -40,15 +46,17 @@ class EpochShuffler(Sampler[int]):
     ranks, each yields its slice of every global batch of ``global_batch`` samples
     (:func:`utils.distributed.shard`): together they see the single-process run's batches."""
 
-    def __init__(self, n: int, seed: int, *, global_batch: int = 1, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, n: int, seed: int, *, global_batch: int = 1, rank: int = 0, world: int = 1,
+                 shuffle: bool = True) -> None:
         self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
-        self.global_batch, self.rank, self.world = global_batch, rank, world
+        self.global_batch, self.rank, self.world, self.shuffle = global_batch, rank, world, shuffle
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def order(self) -> torch.Tensor:
-        return shard(epoch_permutation(self.n, self.seed, self.epoch), self.global_batch, self.rank, self.world)
+        perm = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
+        return shard(perm, self.global_batch, self.rank, self.world)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order()[self.start:].tolist())
@@ -206,6 +214,10 @@ def build_loaders(
     dataset_name: str = "this dataset",
     rank: int = 0,
     world: int = 1,
+    shuffle: bool = True,
+    mask_transform: str = "eval",
+    mask_order: str = "fixed",
+    mask_sampling: str = "seeded",
 ) -> Loaders:
     """Build the four loaders of a run from a dataset's splits (see the module docstring).
 
@@ -230,19 +242,22 @@ def build_loaders(
     if mask_index_list is not None:
         mask_idx = check_mask_indices(list(mask_index_list), train_idx, len(targets), mask_index_source)
     else:
-        mask_idx = mask_indices(targets, per_class_samples, seed, pool=train_idx)
+        draw = seed if mask_sampling == "seeded" else secrets.randbits(63)  # "unseeded": the official code's
+        mask_idx = mask_indices(targets, per_class_samples, draw, pool=train_idx)
     eval_bs = eval_batch_size or batch_size
     common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
     gen = torch.Generator().manual_seed(derive_seed(seed, "workers", 0))
-    sampler = EpochShuffler(len(train_set), seed, global_batch=batch_size, rank=rank, world=world)
+    sampler = EpochShuffler(len(train_set), seed, global_batch=batch_size, rank=rank, world=world, shuffle=shuffle)
     train = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, drop_last=False, generator=gen,
                        **common)
     val = DataLoader(val_set, batch_size=eval_bs, shuffle=False, **common)
     test = DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common)
-    mask = DataLoader(Subset(splits.train_eval, mask_idx), batch_size=mask_batch_size, shuffle=False)
+    mask_source = splits.train if mask_transform == "train" else splits.train_eval
+    mask = DataLoader(Subset(mask_source, mask_idx), batch_size=mask_batch_size, shuffle=mask_order == "reshuffle")
     if loader == "device":
         train, val, test = _device_loaders(splits, targets, train_idx, batch_size, eval_bs, train4val, seed,
                                            device, dataset_name)
+        train.shuffle = shuffle
         train.shard(rank, world)
     return Loaders(train=train, val=val, test=test, mask=mask, num_classes=splits.num_classes,
                    input_shape=splits.input_shape, mask_indices=mask_idx, val_is_test=not train4val, seed=seed)

@@ -61,6 +61,9 @@ class TinyImageNet(DatasetSource):
     FOLDER: ClassVar[str] = "tiny-imagenet-200"
     mean: ClassVar[tuple[float, ...]] = (0.4802, 0.4481, 0.3975)
     std: ClassVar[tuple[float, ...]] = (0.2770, 0.2691, 0.2821)
+    official_mean = (0.480, 0.448, 0.397)
+    official_std = (0.276, 0.269, 0.282)
+    official_shuffle = True  # the official TinyImageNet loader shuffles (without train4val)
 
     @property
     def folder(self) -> Path:
@@ -160,8 +163,7 @@ class TinyImageNet(DatasetSource):
             raise missing_error("tinyimagenet", self._looked_for(), self._how(), "no training images found")
         test_samples = scan(self.val_folder(), idx)
         o = self.options
-        mean = tuple(o.mean) if o.mean else self.mean
-        std = tuple(o.std) if o.std else self.std
+        mean, std = self.normalisation(o.mean, o.std, (self.mean, self.std))
         train_tf, eval_tf = crop_flip_transforms(64, mean, std, o.padding, o.augment)
         train = SampleDataset(train_samples, train_tf)
 

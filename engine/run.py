@@ -26,6 +26,7 @@ import compressors
 import models
 from compressors.cache import score_with_cache
 from compressors.costs import Costs, count_costs
+from compressors.structures import StructureSet, find_structures
 from engine.checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoint
 from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
 from engine.trackers import Tracker, flat_scalars, open_trackers
@@ -154,8 +155,14 @@ class Run:
         self.loss_fn = spec.build_loss()
         self.criterion = spec.build_criterion()
         comp = tr.compressor
-        names = compressors.prunable_names(self.model, include_classifier=comp.prune_classifier,
-                                           include_biases=comp.prune_biases)
+        names = spec.prunable_names(self.model)  # compressor.prunable (with prune_classifier / prune_biases)
+        # structured pruning (compressor.structure): the structures of this model; attention heads' packed q/k/v
+        # weights (nn.MultiheadAttention.in_proj_weight) are scored too, as parts of the heads
+        self.structures: StructureSet | None = None
+        if comp.structure != "none":
+            self.structures = find_structures(self.model, comp.structure, self.loaders.input_shape)
+            names += [n for n in self.structures.head_weights() if n not in names]
+        self.scored = list(names)
         params = dict(self.model.named_parameters())
         self.set_masks({n: torch.ones_like(params[n]) for n in names})
         self.steps_per_epoch = min(len(self.loaders.train), tr.max_batches or len(self.loaders.train))
@@ -233,7 +240,7 @@ class Run:
         self.state.extra["masks_verified_on_ranks"] = self.rank.world
 
     def density(self) -> float:
-        return 1.0 - compressors.global_sparsity(self.masks)
+        return 1.0 - compressors.global_sparsity({n: self.masks[n] for n in self.scored})
 
     def new_optimizer(self, epochs: int, learning_rate: float | None = None) -> None:
         """A fresh optimizer and per-epoch schedule over ``epochs`` epochs (``learning_rate``: else the config's)."""
@@ -253,7 +260,7 @@ class Run:
         seed_everything(derive_seed(self.cfg.general.seed, *seed_parts))
         tic = time.perf_counter()
         scores, info = score_with_cache(
-            self.criterion, self.model, self.loaders.mask, torch.nn.CrossEntropyLoss(), names=list(self.masks),
+            self.criterion, self.model, self.loaders.mask, torch.nn.CrossEntropyLoss(), names=self.scored,
             sparsity=sparsity if self.criterion.iterative else None, cache_dir=self.folder.cache_dir,
             mask_indices=self.loaders.mask_indices)
         pruning["scoring_seconds"] += time.perf_counter() - tic
@@ -408,6 +415,9 @@ class Run:
         """Parameters and FLOPs of one forward pass of one example of the dataset's input shape, dense and
         effective under the run's mask (:func:`compressors.costs.count_costs`; on the meta device)."""
         example = torch.zeros(1, *self.loaders.input_shape)
+        if self.structures is not None and self.criterion.prunes:
+            compact = self.structures.compact(self.model, self.structures.keep_from_masks(self.masks))
+            return count_costs(self.model, example, compact=compact)
         return count_costs(self.model, example, masks=self.masks if self.criterion.prunes else None)
 
     def finish(self, extra: dict[str, Any]) -> dict[str, Any]:
@@ -422,7 +432,9 @@ class Run:
             self.model.load_state_dict(final_state)
         self.folder.save_mask(self.masks)
         self.folder.save_torch(Files.FINAL_MODEL, state_to_cpu(final_state))
-        st.pruning.update(compressors.mask_summary(self.masks, sum(p.numel() for p in self.model.parameters())),
+        # summarised over the scored weights (a structured mask also reaches BN channels, biases, classifier columns)
+        scored = {n: self.masks[n] for n in self.scored if n in self.masks}
+        st.pruning.update(compressors.mask_summary(scored, sum(p.numel() for p in self.model.parameters())),
                           mask_samples=len(self.loaders.mask_indices))
         costs = self.costs()
         self.folder.write(Files.COSTS, {**costs.to_json(), "model_inputs": {

@@ -34,12 +34,14 @@ class Stage:
 
 @dataclass
 class Warmup(Stage):
-    """``training.compressor.warmup`` BN-statistics passes over the training data (no weight changes)."""
+    """``training.compressor.warmup`` BN-statistics passes over the training data (no weight changes);
+    with ``compressor.warmup_mode: "flag"`` (the official code) one pass for any warmup > 0."""
 
     checkpoint_after: ClassVar[bool] = False
 
     def run(self, run: Run) -> None:
-        passes = run.cfg.training.compressor.warmup
+        comp = run.cfg.training.compressor
+        passes = min(comp.warmup, 1) if comp.warmup_mode == "flag" else comp.warmup
         tic = time.perf_counter()
         if passes > 0:
             run.loaders.set_epoch(-1)
@@ -65,9 +67,12 @@ class Prune(Stage):
         ablation = run.cfg.training.compressor.ablation
         if ablation == "invert":  # keep the lowest scores
             scores = {n: -s for n, s in scores.items()}
-        masks = select_remaining(scores, run.masks, self.sparsity, run.cfg.training.compressor.mask)
-        if ablation == "shuffle":
-            masks = shuffle_within_layers(masks, run.ablation_generator())
+        if run.structures is not None:
+            masks = self.structured(run, scores, ablation)
+        else:
+            masks = select_remaining(scores, run.masks, self.sparsity, run.cfg.training.compressor.mask)
+            if ablation == "shuffle":
+                masks = shuffle_within_layers(masks, run.ablation_generator())
         run.set_masks(masks)
         if ablation == "reinit":
             run.reinitialise_kept()
@@ -77,6 +82,29 @@ class Prune(Stage):
         run.log(f"  pruned with {run.criterion.name} to sparsity {1 - run.density():.4f} of "
                 f"{sum(m.numel() for m in run.masks.values()):,} prunable weights (warmup {p['warmup_seconds']:.1f}s, "
                 f"scoring {p['scoring_seconds']:.1f}s, score cache {p['score_cache']})")
+
+    def structured(self, run: Run, scores: dict[str, torch.Tensor], ablation: str) -> dict[str, torch.Tensor]:
+        """``compressor.structure``: remove the fraction ``sparsity`` of the structures (compressors.structures),
+        their scores aggregated from the element scores; the masks reach every weight a removed structure
+        owns (BN channels, biases, the next layers' input columns).  "shuffle" permutes the kept structures
+        within each layer."""
+        comp, structures = run.cfg.training.compressor, run.structures
+        keep, record = structures.select(structures.structure_scores(scores, comp.aggregate, comp.structure_norm),
+                                         self.sparsity, comp.mask)
+        if ablation == "shuffle":
+            keep = structures.shuffle(keep, run.ablation_generator())
+        params = dict(run.model.named_parameters())
+        masks = {**{n: torch.ones_like(m) for n, m in run.masks.items()}, **structures.masks(keep, params)}
+        removed = int(sum(m.numel() - int(torch.count_nonzero(m)) for m in masks.values()))
+        total = sum(p.numel() for p in params.values())
+        record.update(aggregate=comp.aggregate, structure_norm=comp.structure_norm, removed_parameters=removed,
+                      parameter_sparsity=removed / total if total else 0.0)
+        run.state.pruning["structures"] = record
+        run.log(f"  structured ({comp.structure}): kept {record['structures_kept']:,} of "
+                f"{record['structures_total']:,} structures, {removed:,} of {total:,} parameters removed"
+                + (f"; one structure kept in {len(record['rescued_layers'])} emptied layers"
+                   if record["rescued_layers"] else ""))
+        return masks
 
     def describe(self) -> str:
         return f"prune to sparsity {self.sparsity:g}"

@@ -41,6 +41,19 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
+    def official_parameter_names(self) -> dict[str, str]:
+        """``{our name: the official code's name}``: its VGG names the i-th module of ``features``
+        ``conv_i`` / ``bn_i`` and the classifier ``linear`` (parameters are created in the same order, so seed
+        S gives the same values).  Used by ``compressor.prunable: "official_names"``."""
+        out = {}
+        for i, module in enumerate(self.features):
+            kind = "conv" if isinstance(module, nn.Conv2d) else "bn" if isinstance(module, nn.BatchNorm2d) else None
+            for pname, _ in (module.named_parameters() if kind else ()):
+                out[f"features.{i}.{pname}"] = f"features.{kind}_{i}.{pname}"
+        for pname, _ in self.classifier.named_parameters():
+            out[f"classifier.{pname}"] = f"linear.{pname}"
+        return out
+
 
 def _make_builder(name: str):
     def builder(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32)) -> nn.Module:

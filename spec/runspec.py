@@ -30,9 +30,10 @@ import models
 from spec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_json
 from spec.folder import RunFolder
 from spec.training import build_optimizer, build_scheduler
+from utils import compat
 from utils.naming import slug
 from utils.registry import Registry, UnknownName
-from utils.seeding import derive_seed, seed_everything
+from utils.seeding import seed_everything
 from utils.typed import (
     ConfigError,
     NoOptions,
@@ -180,9 +181,11 @@ class RunSpec:
 
     def identity(self, *, without: tuple[tuple[str, ...], ...] = ()) -> dict[str, Any]:
         """The values that differ from their defaults (see the module docstring), minus ``without``."""
-        ident = nondefault(self.config)
+        # switches at their paper value count as defaults: spelling out the paper's behaviour, or adding a
+        # switch, never moves a run (general.compat itself is not part of the identity: its values are)
+        ident = nondefault(compat.at_reference(self.config))
         _put(ident, ("dataset", "options"), nondefault(self.dataset_options))
-        _put(ident, ("training", "compressor", "options"), nondefault(self.criterion_options))
+        _put(ident, ("training", "compressor", "options"), nondefault(compat.at_reference(self.criterion_options)))
         section = getattr(self.experiment, "section", None)
         if section:
             _put(ident, ("training", section), nondefault(self.experiment_options))
@@ -228,14 +231,17 @@ class RunSpec:
         RNG with the run seed first."""
         cfg, ds, comp = self.config, self.config.dataset, self.config.training.compressor
         seed_everything(cfg.general.seed)
-        splits = data.get(ds.name)(root=ds.root, download=ds.download, **ds.options).load()
+        splits = data.get(ds.name)(root=ds.root, download=ds.download, normalization=ds.normalization,
+                                   **ds.options).load()
         return data.build_loaders(
             splits, batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size, num_workers=ds.num_workers,
             train4val=ds.train4val, val_fraction=ds.val_fraction, mask_batch_size=comp.batch_size,
             per_class_samples=comp.per_class_samples, seed=cfg.general.seed, pin_memory=device.type == "cuda",
             mask_index_list=data.read_index_file(comp.mask_indices) if comp.mask_indices else None,
             mask_index_source=comp.mask_indices or "",
-            loader=ds.loader, device=device, dataset_name=f"dataset '{ds.name}'", rank=rank, world=world)
+            loader=ds.loader, device=device, dataset_name=f"dataset '{ds.name}'", rank=rank, world=world,
+            shuffle=ds.shuffle, mask_transform=comp.mask_transform, mask_order=comp.mask_order,
+            mask_sampling=comp.mask_sampling)
 
     def num_classes(self, loaders: data.Loaders) -> int:
         """``model.num_classes``, else the dataset's; a ValueError when the model would have fewer outputs
@@ -247,11 +253,20 @@ class RunSpec:
         return given or loaders.num_classes
 
     def build_model(self, loaders: data.Loaders) -> nn.Module:
-        """The network at initialisation, drawn from a seed derived from the run seed."""
+        """The network at initialisation, built right after seeding torch with the raw run seed S (as the
+        official code's ``torch.manual_seed(S)`` before building): seed S gives the official seed-S network."""
         cfg = self.config
-        seed_everything(derive_seed(cfg.general.seed, "model-init"))
+        seed_everything(cfg.general.seed)
         return models.build(cfg.model.name, num_classes=self.num_classes(loaders), input_shape=loaders.input_shape,
                             **cfg.model.options)
+
+    def prunable_names(self, model: nn.Module) -> list[str]:
+        """The prunable parameters of ``model`` under ``training.compressor.prunable`` and its options."""
+        comp = self.config.training.compressor
+        if comp.prunable == "official_names":
+            return compressors.prunable_names(model, rule="official_names")
+        return compressors.prunable_names(model, include_classifier=comp.prune_classifier,
+                                          include_biases=comp.prune_biases)
 
     def build_criterion(self) -> compressors.Compressor:
         comp = self.config.training.compressor
@@ -359,6 +374,15 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
     if ds_cls is not None:
         out.dataset.name = data.REGISTRY.canonical(cfg.dataset.name)
         out.dataset.options = to_dict(ds_opts) if ds_opts is not None else cfg.dataset.options
+        if out.dataset.normalization == "official" and getattr(ds_cls, "official_std", None) is None:
+            problems.append(Problem("dataset.normalization", f"the official code has no normalisation constants for "
+                                    f"dataset '{out.dataset.name}'; valid: 'measured' or null"))
+    # general.compat: every switch left null gets its value in that mode (the dataset's own official values
+    # first); the criterion's switches likewise, below
+    mode = out.general.compat
+    official = getattr(ds_cls, "official_settings", None)
+    compat.resolve(out.dataset, mode, official() if callable(official) else {})
+    compat.resolve(out, mode)
     _check_num_classes(cfg, ds_cls, problems)
     if _lookup(models.get, cfg.model.name, "model.class", problems) is not None:
         out.model.name = models.REGISTRY.canonical(cfg.model.name)
@@ -367,12 +391,23 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
     comp_opts = _options(comp_cls, comp.options, "training.compressor.options", problems)
     if comp_cls is not None:
         comp.name = compressors.REGISTRY.canonical(comp.name)
+        compat.resolve(comp_opts, mode)
         comp.options = to_dict(comp_opts) if comp_opts is not None else comp.options
+        if comp.prunable == "official_names" and (comp.prune_classifier or comp.prune_biases):
+            problems.append(Problem("training.compressor.prunable", "'official_names' is the official code's own "
+                                    "rule and takes no prune_classifier / prune_biases; valid: 'module_type' (or "
+                                    "leave those false)"))
         if not comp_cls.prunes:
             comp.sparsity = 0.0  # the dense baseline ignores the (template) sparsity
         if comp.ablation != "none" and not getattr(exp_cls, "supports_ablation", True):
             problems.append(Problem("training.compressor.ablation", f"experiment '{cfg.general.experiment}' prunes "
                                     "in several steps, which the one-mask sanity checks do not define; valid: 'none'"))
+        if comp.structure != "none" and not getattr(exp_cls, "supports_structure", True):
+            problems.append(Problem("training.compressor.structure", f"experiment '{cfg.general.experiment}' prunes "
+                                    "in several steps; structured pruning is one-shot; valid: 'none'"))
+        if comp.structure != "none" and "layer" not in comp_cls.scopes:
+            problems.append(Problem("training.compressor.structure", f"'{comp.name}' sets its own density per "
+                                    "weight tensor, which structures do not follow; valid: 'none'"))
         if comp.mask not in comp_cls.scopes:
             problems.append(Problem("training.compressor.mask", f"'{comp.name}' sets its own density per layer; "
                                     f"valid: {', '.join(map(repr, comp_cls.scopes))}"))
