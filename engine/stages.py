@@ -70,7 +70,8 @@ class Prune(Stage):
         if run.structures is not None:
             masks = self.structured(run, scores, ablation)
         else:
-            masks = select_remaining(scores, run.masks, self.sparsity, run.cfg.training.compressor.mask)
+            comp = run.cfg.training.compressor
+            masks = select_remaining(scores, run.masks, self.sparsity, comp.mask, kept=comp.kept_count)
             if ablation == "shuffle":
                 masks = shuffle_within_layers(masks, run.ablation_generator())
         run.set_masks(masks)
