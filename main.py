@@ -5,7 +5,7 @@
     python main.py validate PATH [PATH ...] [--recursive] [--data] [--allow-module MODULE]
     python main.py list                          # registered datasets, models, criteria, experiments
     python main.py sweep BASE.json --set PATH=V1,V2 [...] --out DIR [--with-dense] [--overwrite]
-    python main.py report RESULTS_DIR [--out reports/NAME] [--metric M] [--sweep DIR] [--sparsity S]
+    python main.py report RESULTS_DIR [--out reports/NAME] [--metric M] [--sweep DIR] [--sparsity S] [--reference F]
     python main.py autos-train DATASET.pt [...] --out PREDICTOR.pt    # fit the AutoSparse predictor
     python main.py export RUN --format torch-prune|sparse|... --out DIR  # a completed run's model, exported
     python main.py --experiment pbt --params_path DIR_OR_FILE     # the official repository's form
@@ -211,8 +211,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reporting import build_report
 
     out = args.out or str(Path("reports") / (Path(args.results).resolve().name or "report"))
+    from reporting.reference import ReferenceError, load_reference
+
+    try:
+        reference = load_reference(args.reference) if args.reference else None
+    except ReferenceError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
     report = build_report(args.results, out, metric=args.metric, sweep_dir=args.sweep, sparsity=args.sparsity,
-                          figures=not args.no_figures)
+                          figures=not args.no_figures, reference=reference)
     return 0 if report.n_runs else 1
 
 
@@ -308,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--sparsity", type=float, default=None,
                      help="sparsity of the layer-density and mask-overlap figures (default: the one closest to 0.9)")
     rep.add_argument("--no-figures", action="store_true", help="tables and lists only")
+    rep.add_argument("--reference", default=None, metavar="FILE",
+                     help="CSV of published cells (e.g. exp_configs/paper/fts_table1.csv): print them beside ours "
+                          "with the difference and whether ours lies within the published ± std")
     rep.set_defaults(func=cmd_report)
     exp = sub.add_parser("export", help="write a completed run's model in another format (torch-prune, sparse, ...)")
     exp.add_argument("run", help="run folder (or a config file: its run folder under --results)")

@@ -8,6 +8,7 @@ Writes into the report folder::
     issues.csv        failed / interrupted / running / broken / invalid / missing grid points, and runs
                       whose mask.pt cannot be used (damaged)
     rerun.txt         config files to run again (python main.py run $(cat rerun.txt))
+    reference.md, reference.csv   with --reference: published cells beside ours (reporting.reference)
     overlap.csv, stability.csv, layer_density.csv
     figures/*.png, figures/*.pdf
 """
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from reporting import figures as figs
 from reporting.aggregate import Grouping, aggregate, metric_scale, options_seed_groups, pivot_table
 from reporting.masks import MaskReader, chance_iou, mask_iou, pairing_key
+from reporting.reference import compare, summary_line
 from reporting.render import to_latex, to_markdown
 from reporting.runs import RunSet, is_dense, load_runs
 from spec import RunSpec
@@ -52,6 +54,7 @@ class Report:
     density: pd.DataFrame = field(default_factory=pd.DataFrame)
     figures: list[Path] = field(default_factory=list)
     markdown: str = ""
+    reference: pd.DataFrame | None = None
 
 
 # ---------------------------------------------------------------------------------------------- issues
@@ -194,7 +197,8 @@ def stability_frame(runset: RunSet, reader: MaskReader | None = None) -> pd.Data
 # -------------------------------------------------------------------------------------------- report
 def build_report(results: str | Path, out: str | Path, *, metric: str = "best_val_test_acc",
                  sweep_dir: str | Path | None = None, sparsity: float | None = None, figures: bool = True,
-                 progress: bool = True, log: Callable[[str], None] = print) -> Report:
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 reference: pd.DataFrame | None = None) -> Report:
     """Read every run under ``results`` and write the report folder ``out`` (see the module docstring)."""
     if not Path(results).is_dir():
         raise FileNotFoundError(f"{results}: no such results folder (give the root passed to run --results)")
@@ -221,6 +225,10 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     report.stability = stability_frame(runset, reader)
     report.issues = collect_issues(runset, sweep_dir, reader.problems)
 
+    if reference is not None:
+        report.reference = compare(agg, reference, metric)
+        report.reference.to_csv(out / "reference.csv", index=False)
+        write_text(out / "reference.md", to_markdown(report.reference) + "\n\n" + summary_line(report.reference) + "\n")
     _write_csvs(report, runset)
     if figures and not agg.empty:
         _draw_figures(report)
@@ -233,6 +241,10 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     log(f"\n{metric}{' (%)' if metric_scale(metric) == 100 else ''}: mean ± std (n seeds); best per column in bold\n")
     log(table_md)
     log(_differences_text(grouping))
+    if report.reference is not None:
+        log(f"\npublished (--reference) beside ours, {metric}; difference = ours - published\n")
+        log(to_markdown(report.reference))
+        log(summary_line(report.reference))
     counts = runset.runs["status"].value_counts().to_dict() if not runset.runs.empty else {}
     log(f"\n{len(runset.runs)} run folders ({', '.join(f'{v} {k}' for k, v in sorted(counts.items())) or 'none'}); "
         f"{len(report.issues)} issue(s) listed in {out / 'issues.csv'}; "
@@ -292,6 +304,9 @@ def render_page(report: Report, runset: RunSet, table_md: str) -> str:
              f"Metric `{report.metric}`{' in %' if scale == 100 else ''}: mean ± std (n seeds), sample std; "
              "**bold** = best criterion per sparsity within a dataset/model; the dense row repeats its value in "
              "every column.", "", table_md, _differences_text(report.grouping), ""]
+    if report.reference is not None:
+        parts += ["## Published numbers beside ours", "", "Difference = ours − published; *within* = |difference| "
+                  "<= the published std.", "", to_markdown(report.reference), "", summary_line(report.reference), ""]
     parts += ["## Runs to redo", ""]
     if report.issues.empty:
         parts.append("None: every run folder completed (and every config of the sweep folder, if given, has a run).")
