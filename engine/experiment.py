@@ -37,6 +37,7 @@ class Experiment:
     Options: ClassVar[type] = NoOptions
     section: ClassVar[str | None] = None
     supports_ablation: ClassVar[bool] = True  # compressor.ablation (one-mask sanity checks) applies
+    supports_structure: ClassVar[bool] = True  # compressor.structure (one-shot structured masks) applies
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec, self.cfg, self.options = spec, spec.config, spec.experiment_options

@@ -19,19 +19,50 @@ from models import register
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+    """Multi-head self-attention with packed q, k, v rows in one Linear (``qkv``: rows [q | k | v], each
+    ``heads`` blocks of ``head_dim``) and an output projection ``proj``.  ``head_dim`` defaults to
+    ``dim // heads``; after :meth:`prune_heads` the inner width ``heads * head_dim`` is smaller than ``dim``."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, head_dim: int | None = None) -> None:
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"vit: width {dim} is not divisible by heads {heads}")
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        if head_dim is None:
+            if dim % heads:
+                raise ValueError(f"vit: width {dim} is not divisible by heads {heads}")
+            head_dim = dim // heads
+        self.heads, self.head_dim, self.dropout = heads, head_dim, dropout
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.proj(out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+    def head_layout(self) -> dict[str, tuple[int, torch.Tensor]]:
+        """The head-structure protocol of ``compressors.structures``: for each parameter (name relative to
+        this module) the dimension along which heads lie and, per index of it, the head that owns it."""
+        inner = self.heads * self.head_dim
+        heads = torch.arange(self.heads).repeat_interleave(self.head_dim)  # owner of each row of q (k, v alike)
+        rows = heads.repeat(3)
+        return {"qkv.weight": (0, rows), "qkv.bias": (0, rows), "proj.weight": (1, heads[:inner])}
+
+    @torch.no_grad()
+    def prune_heads(self, keep: Sequence[int]) -> None:
+        """Cut out every head not in ``keep`` (indices of the current heads): q, k, v rows and the matching
+        columns of ``proj`` leave the module, which then computes the same as with those heads zeroed."""
+        keep = sorted(int(h) for h in keep)
+        d, inner = self.head_dim, self.heads * self.head_dim
+        cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
+        rows = torch.cat([cols + part * inner for part in range(3)])
+        qkv = nn.Linear(self.qkv.in_features, rows.numel(), device=self.qkv.weight.device, dtype=self.qkv.weight.dtype)
+        qkv.weight.copy_(self.qkv.weight[rows])
+        qkv.bias.copy_(self.qkv.bias[rows])
+        proj = nn.Linear(cols.numel(), self.proj.out_features, device=self.proj.weight.device,
+                         dtype=self.proj.weight.dtype)
+        proj.weight.copy_(self.proj.weight[:, cols])
+        proj.bias.copy_(self.proj.bias)
+        self.qkv, self.proj, self.heads = qkv, proj, len(keep)
 
 
 class Block(nn.Module):

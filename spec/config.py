@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
+from compressors.structures import parse_kinds
 from utils.seeding import MAX_SEED
 from utils.typed import ConfigError, Problem, option, parse_collect
 
@@ -148,6 +149,16 @@ class CompressorConfig:
         "none", "sanity checks of Frankle et al. (ICLR 2021): 'shuffle' permutes each layer's mask at random "
                 "(same density), 'reinit' re-draws the kept weights from the initial distribution, 'invert' keeps "
                 "the lowest scores; seeded from the run seed")
+    structure: str = option(
+        "none", "structured pruning: 'none' (single weights), 'channel' (conv output channels with their BN channel, "
+                "the next layers' input channels and residual-coupled channels), 'neuron' (hidden Linear units), "
+                "'head' (attention heads), or a '+'-joined combination such as 'head+neuron'; sparsity is then the "
+                "fraction of structures removed")
+    aggregate: Literal["sum", "mean", "l2", "max"] = option(
+        "sum", "structured pruning: how a structure's score combines the element scores of the weights it removes")
+    structure_norm: Literal["none", "layer"] = option(
+        "none", "structured pruning: 'layer' divides each layer's structure scores by their absolute sum before a "
+                "global ranking; 'none' ranks them as aggregated")
     prunable: Optional[Literal["module_type", "official_names"]] = option(
         None, "which tensors are prunable: 'module_type' (Conv/Linear weights, see prune_classifier / prune_biases) or "
               "'official_names' (the official code's rule: every parameter whose official name contains none of "
@@ -178,6 +189,12 @@ class CompressorConfig:
         "mask_order": {"paper": "fixed", "official": "reshuffle"},
         "mask_sampling": {"paper": "seeded", "official": "unseeded"},
     }
+
+    def check(self, path: str, problems: list[Problem]) -> None:
+        try:
+            parse_kinds(self.structure)
+        except ValueError as exc:
+            problems.append(Problem(f"{path}.structure", str(exc)))
 
 
 @dataclass

@@ -129,6 +129,7 @@ class PruningRecord:
     overall_sparsity: float = 0.0
     layer_density: dict[str, float] = field(default_factory=dict)
     layer_collapse: list[str] = field(default_factory=list)
+    structures: Optional[dict[str, Any]] = None  # structured runs: compressors.StructureSet.record
 
 
 @dataclass
