@@ -21,6 +21,8 @@ ROW_KEYS = ["dataset", "model", "criterion", "warmup"]
 DISPLAY_FIELDS = ("dataset.class", "model.class", "training.compressor.class", "training.compressor.warmup",
                   "training.compressor.sparsity")
 OPTIONS_PREFIX = "training.compressor.options"
+# cost of one forward pass (results.json, compressors.costs): averaged per group beside the metric
+COST_COLUMNS = ("params_dense", "params_effective", "flops_dense", "flops_effective")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -101,9 +103,11 @@ def aggregate(runset: RunSet, metric: str) -> tuple[pd.DataFrame, Grouping]:
         return pd.DataFrame(columns=cols), Grouping()
     grouping = assign_variants(runset, runs)
     runs = runs.assign(variant=runs["group"].map(grouping.variant))
+    costs = [c for c in COST_COLUMNS if c in runs.columns]  # runs of versions before cost accounting lack them
     agg = (runs.groupby(ROW_KEYS + ["variant", "sparsity", "group"], dropna=False, sort=True)
            .agg(mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"),
-                seeds=("seed", lambda s: ",".join(str(int(x)) for x in sorted(s))))
+                seeds=("seed", lambda s: ",".join(str(int(x)) for x in sorted(s))),
+                **{c: (c, "mean") for c in costs})
            .reset_index())
     agg["metric"] = metric
     agg["dense"] = agg["criterion"].map(is_dense)
@@ -111,7 +115,25 @@ def aggregate(runset: RunSet, metric: str) -> tuple[pd.DataFrame, Grouping]:
     for _, part in agg[~agg["dense"]].groupby(["dataset", "model", "sparsity"]):
         target = part["mean"].min() if lower_is_better(metric) else part["mean"].max()
         agg.loc[part.index[(part["mean"] - target).abs() <= 1e-12], "best"] = True
-    return agg[cols], grouping
+    return agg[cols + costs], grouping
+
+
+def cost_table(agg: pd.DataFrame) -> pd.DataFrame:
+    """Mean effective parameters and FLOPs of one forward pass per group (rows with a recorded cost), and
+    their share of the dense network's; empty when no run recorded its cost."""
+    if agg.empty or "flops_effective" not in agg.columns or agg["flops_effective"].isna().all():
+        return pd.DataFrame()
+    part = agg[agg["flops_effective"].notna()].sort_values(ROW_KEYS + ["variant", "sparsity"],
+                                                           key=lambda s: s.map(str) if s.dtype == object else s)
+    out = part[ROW_KEYS + ["variant", "sparsity"]].copy()
+    out["criterion"] = [("dense" if d else c) for d, c in zip(part["dense"], part["criterion"])]
+    out["params"] = part["params_effective"].round().astype("int64")
+    out["params_%_dense"] = (100 * part["params_effective"] / part["params_dense"]).round(2)
+    out["flops"] = part["flops_effective"].round().astype("int64")
+    out["flops_%_dense"] = (100 * part["flops_effective"] / part["flops_dense"]).round(2)
+    if (out["variant"] == "").all():
+        out = out.drop(columns="variant")
+    return out.reset_index(drop=True)
 
 
 def format_cell(mean: float, std: float, n: int, scale: float) -> str:
@@ -181,6 +203,7 @@ def options_seed_groups(runset: RunSet) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["ROW_KEYS", "DISPLAY_FIELDS", "OPTIONS_SEED_FIELD", "Grouping", "aggregate", "assign_variants",
+__all__ = ["ROW_KEYS", "COST_COLUMNS", "cost_table",
+           "DISPLAY_FIELDS", "OPTIONS_SEED_FIELD", "Grouping", "aggregate", "assign_variants",
            "differing_fields", "format_cell", "pivot_table", "options_seed_groups", "setting_fields",
            "metric_scale", "lower_is_better"]

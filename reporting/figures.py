@@ -1,6 +1,7 @@
 """Figures of a report (matplotlib, Agg backend; every figure saved as PNG and PDF).
 
 - accuracy vs sparsity per criterion, shaded ±std band, dense accuracy dashed (the paper's Figure 2);
+- accuracy vs effective FLOPs and vs effective parameters of one forward pass (log scale), dense as a star;
 - remaining density per layer for each criterion at one sparsity (layer collapse shows as 0);
 - warmup vs no warmup per criterion (only when both exist);
 - mask overlap (IoU of kept weights) between criteria, same seed and sparsity, chance level marked;
@@ -107,6 +108,41 @@ def accuracy_vs_sparsity(agg: pd.DataFrame, metric: str, out_dir: Path) -> list[
         ax.grid(alpha=0.3)
         place_legend(ax, fig)
         paths += save(fig, out_dir, figure_stem("acc_vs_sparsity", dataset, model, f"warmup{warmup}"))
+    return paths
+
+
+COSTS = {"flops": ("flops_effective", "effective FLOPs per forward pass"),
+         "params": ("params_effective", "effective parameters")}
+
+
+def accuracy_vs_cost(agg: pd.DataFrame, metric: str, out_dir: Path, cost: str) -> list[Path]:
+    """One figure per (dataset, model, warmup): the metric (±std) against the mean effective cost of each
+    sparsity (``cost``: "flops" or "params", from results.json), a line per criterion, the dense run a star."""
+    column, label = COSTS[cost]
+    if agg.empty or column not in agg.columns:
+        return []
+    paths: list[Path] = []
+    scale = metric_scale(metric)
+    known = agg[agg[column].notna() & (agg[column] > 0)]
+    pruned = known[~known["dense"]]
+    for (dataset, model, warmup), block in pruned.groupby(["dataset", "model", "warmup"], sort=True):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for _, line in block.groupby(["criterion", "variant"], sort=True):
+            line = line.sort_values(column)
+            y = line["mean"].to_numpy() * scale
+            sd = np.nan_to_num(line["std"].to_numpy(dtype=float)) * scale
+            ax.errorbar(line[column].to_numpy(), y, yerr=sd, marker="o", capsize=3, label=_label(line.iloc[0]))
+        dense = _dense_for(known, dataset, model, warmup)
+        if dense is not None:
+            ax.plot([dense[column]], [dense["mean"] * scale], marker="*", markersize=12, color="black",
+                    linestyle="none", label=f"dense ({dense['mean'] * scale:.2f})")
+        ax.set_xscale("log")
+        ax.set_xlabel(label + (" (2 per multiply-add)" if cost == "flops" else ""))
+        ax.set_ylabel(f"{metric}{' (%)' if scale == 100 else ''}")
+        ax.set_title(f"{dataset} / {model}, warmup {warmup}: {metric} vs {cost}")
+        ax.grid(alpha=0.3, which="both")
+        place_legend(ax, fig)
+        paths += save(fig, out_dir, figure_stem(f"acc_vs_{cost}", dataset, model, f"warmup{warmup}"))
     return paths
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from reporting import figures as figs
-from reporting.aggregate import Grouping, aggregate, metric_scale, options_seed_groups, pivot_table
+from reporting.aggregate import Grouping, aggregate, cost_table, metric_scale, options_seed_groups, pivot_table
 from reporting.masks import MaskReader, chance_iou, mask_iou, pairing_key
 from reporting.reference import compare, summary_line
 from reporting.render import to_latex, to_markdown
@@ -275,6 +275,8 @@ def _write_csvs(report: Report, runset: RunSet) -> None:
 def _draw_figures(report: Report) -> None:
     agg, metric, chosen, fig_dir = report.aggregated, report.metric, report.sparsity, report.out / "figures"
     report.figures += figs.accuracy_vs_sparsity(agg, metric, fig_dir)
+    report.figures += figs.accuracy_vs_cost(agg, metric, fig_dir, "flops")
+    report.figures += figs.accuracy_vs_cost(agg, metric, fig_dir, "params")
     report.figures += figs.warmup_comparison(agg, metric, fig_dir)
     if chosen is not None and not report.density.empty:
         report.figures += figs.layer_density(report.density, chosen, fig_dir)
@@ -307,6 +309,12 @@ def render_page(report: Report, runset: RunSet, table_md: str) -> str:
     if report.reference is not None:
         parts += ["## Published numbers beside ours", "", "Difference = ours − published; *within* = |difference| "
                   "<= the published std.", "", to_markdown(report.reference), "", summary_line(report.reference), ""]
+    costs = cost_table(report.aggregated)
+    if not costs.empty:
+        parts += ["## Cost per forward pass", "", "Mean over seeds of one example's effective parameters and FLOPs "
+                  "(2 per multiply-add; unstructured masks: kept weights; results.json, costs.json).", "",
+                  to_markdown(costs.set_index([c for c in costs.columns if c in ("dataset", "model", "criterion")])),
+                  ""]
     parts += ["## Runs to redo", ""]
     if report.issues.empty:
         parts.append("None: every run folder completed (and every config of the sweep folder, if given, has a run).")

@@ -126,3 +126,29 @@ def test_every_run_records_its_costs(make_config, tmp_path: Path) -> None:
         k: results[k] for k in ("params_dense", "flops_dense", "flops_effective")}
     assert table["model_inputs"] == {"num_classes": 10, "input_shape": [1, 8, 8]}
     assert [r["name"] for r in table["layers"] if r["flops"]] == ["0", "3", "7", "12"]
+
+
+def test_the_report_draws_accuracy_against_flops_and_parameters(tmp_path: Path) -> None:
+    from reporting import build_report
+    from reporting.aggregate import cost_table
+    from tests.test_report import make_run
+
+    results = tmp_path / "results"
+    dense_flops, dense_params = 1000.0, 100.0
+    for seed in (0, 1):
+        for crit, s in (("none", 0.0), ("snip", 0.5), ("snip", 0.9), ("random", 0.9)):
+            run = make_run(results, criterion=crit, sparsity=s, seed=seed, acc=0.95 - s / 10)
+            record = json.loads((run / Files.RESULTS).read_text())
+            record.update(params_dense=dense_params, params_effective=dense_params * (1 - s) + 2 * seed,
+                          flops_dense=dense_flops, flops_effective=dense_flops * (1 - s))
+            (run / Files.RESULTS).write_text(json.dumps(record))
+    report = build_report(results, tmp_path / "rep", log=lambda s: None, progress=False)
+    stems = {p.stem for p in report.figures if p.suffix == ".png"}
+    assert {"acc_vs_flops_digits_digits_cnn_warmup0", "acc_vs_params_digits_digits_cnn_warmup0"} <= stems
+    table = cost_table(report.aggregated).set_index(["criterion", "sparsity"])
+    assert table.loc[("snip", 0.9), "flops"] == 100
+    assert table.loc[("snip", 0.9), "flops_%_dense"] == pytest.approx(10.0)
+    assert table.loc[("snip", 0.5), "params"] == 51  # mean over the seeds: 50 and 52 kept
+    assert table.loc[("dense", 0.0), "flops_%_dense"] == 100.0
+    page = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Cost per forward pass" in page and "![acc_vs_flops_digits_digits_cnn_warmup0]" in page
