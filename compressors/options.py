@@ -23,6 +23,15 @@ class ChunkOptions:
 
 
 @dataclass
+class SnipOptions(ChunkOptions):
+    normalise_over: Optional[Literal["scored", "all"]] = option(
+        None, "the sum that normalises the scores: over the scored weights, or over every parameter (BN, biases, "
+              "classifier too; the official code); the ranking is the same; null: as general.compat says")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {"normalise_over": {"paper": "scored", "official": "all"}}
+
+
+@dataclass
 class GraspOptions(ChunkOptions):
     temperature: Optional[float] = option(None, "logits are divided by this temperature T in both GraSP passes; "
                                                 "null: as general.compat says (paper 200, official 1)",

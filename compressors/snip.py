@@ -7,7 +7,7 @@ import torch
 from compressors import register
 from compressors.base import Compressor, Scores
 from compressors.estimators import summed_gradient
-from compressors.options import ChunkOptions
+from compressors.options import SnipOptions
 
 
 def normalise_sum(raw: Scores) -> Scores:
@@ -21,12 +21,16 @@ class SNIP(Compressor):
     """SNIP: ``s = |θ ⊙ Σ_b g_b| / Σ |θ ⊙ Σ_b g_b|`` (normalised to sum 1 over all scored weights).
 
     ``Σ_b g_b`` is the gradient of the summed batch losses, computed in chunked passes of
-    ``chunk_size`` samples (exact: each sample is weighted by 1/n_b of its own mask batch).
+    ``chunk_size`` samples (exact: each sample is weighted by 1/n_b of its own mask batch).  Option
+    ``normalise_over: "all"`` (the official code) divides by the sum over every parameter instead.
     """
 
-    Options = ChunkOptions
+    Options = SnipOptions
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
         params = dict(model.named_parameters())
-        grads = summed_gradient(model, names, mask_loader, loss_fn, chunk_size=self.options.chunk_size)
-        return normalise_sum({n: (params[n].detach() * grads[n]).abs() for n in names})
+        over = list(names) if self.options.normalise_over == "scored" else list(
+            dict.fromkeys([n for n in params] + list(names)))
+        grads = summed_gradient(model, over, mask_loader, loss_fn, chunk_size=self.options.chunk_size)
+        raw = normalise_sum({n: (params[n].detach() * grads[n]).abs() for n in over})
+        return {n: raw[n] for n in names}
