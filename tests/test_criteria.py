@@ -21,12 +21,12 @@ from utils.typed import ConfigError
 ALL = ["none", "random", "magnitude", "grad_norm", "snip", "grasp", "synflow", "fisher_diag", "fisher_pruner",
        "fts", "hutch_diag", "hutch_pruning", "hts"]
 OPTIONS = {
-    "none": set(), "magnitude": set(), "random": {"seed"}, "synflow": {"rounds"},
-    "grad_norm": {"chunk_size"}, "snip": {"chunk_size"}, "fisher_diag": {"chunk_size"},
-    "fisher_pruner": {"chunk_size"}, "fts": {"chunk_size"}, "grasp": {"chunk_size", "temperature"},
-    "hutch_diag": {"chunk_size", "temperature", "probes", "seed"},
-    "hutch_pruning": {"chunk_size", "temperature", "probes", "seed"},
-    "hts": {"chunk_size", "temperature", "probes", "seed"},
+    "none": set(), "magnitude": set(), "random": {"seed"}, "synflow": {"rounds", "schedule", "rounds_select"},
+    "grad_norm": {"chunk_size"}, "snip": {"chunk_size", "normalise_over"}, "fisher_diag": {"chunk_size"},
+    "fisher_pruner": {"chunk_size"}, "fts": {"chunk_size"}, "grasp": {"chunk_size", "temperature", "keep", "wrt"},
+    "hutch_diag": {"chunk_size", "temperature", "probes", "seed", "probe_params"},
+    "hutch_pruning": {"chunk_size", "temperature", "probes", "seed", "probe_params"},
+    "hts": {"chunk_size", "temperature", "probes", "seed", "probe_params"},
 }
 
 
