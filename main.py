@@ -31,6 +31,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from utils.typed import ConfigError
 
     files = collect_configs(args.paths, args.recursive)
+    nested = [p for p in args.paths if not args.recursive and Path(p).is_dir() and not collect_configs([p])]
+    if nested:  # a folder of grids (exp_configs/paper): its subfolders are what there is to check
+        print(f"no *.json directly in {', '.join(nested)}: validating its subfolders (as --recursive)")
+        files += collect_configs(nested, True)
     if not files:
         print("no *.json config files found in " + ", ".join(args.paths), file=sys.stderr)
         return 2

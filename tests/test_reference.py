@@ -100,3 +100,53 @@ def test_bad_reference_files_are_refused(tmp_path, capsys, content, message):
     assert main.main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "rep"), "--reference",
                       str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_paper_configs_parse_and_use_the_table1_sparsities_and_the_fts_protocol():
+    from launch.runner import collect_configs
+    from spec import RunSpec
+
+    files = collect_configs([ROOT / "exp_configs" / "paper"], recursive=True)
+    assert len(files) >= 5 * 363 + 123
+    sparsities, preset = set(), []
+    for f in files:
+        spec = RunSpec.load(f)
+        cfg = spec.config
+        if spec.prunes:
+            sparsities.add(cfg.training.compressor.sparsity)
+        assert cfg.dataset.normalization == "official", f
+        if "fts_protocol" in str(f):
+            preset.append(spec)
+    assert sparsities == {0.8, 0.9, 0.95, 0.98, 0.99}
+    assert len(preset) == 8 * 5 * 3 + 3 + 1  # the generated grid + its base in presets/
+    for spec in preset:
+        cfg = spec.config
+        opt = cfg.training.optimizer
+        assert (cfg.general.experiment, cfg.training.num_steps, opt.learning_rate, opt.kwargs.lr_drops,
+                opt.kwargs.lr_drop_factor, cfg.dataset.batch_size) == ("early", 160, 0.01, [60, 120], 0.2, 512)
+        assert cfg.dataset.train4val and cfg.dataset.val_fraction == 0.2
+        assert cfg.training.compressor.per_class_samples is None and spec.experiment_options.prune_epoch == 1
+    criteria = {s.config.training.compressor.name for s in preset if s.prunes}
+    table1 = set(load_reference(TABLE1)["criterion"])
+    assert criteria == table1 - {"fbss"}  # every Table 1 criterion we have
+
+
+def test_the_autosparse_paper_config_selects_their_recipe():
+    from spec import RunSpec
+
+    spec = RunSpec.load(ROOT / "exp_configs" / "autosparse" / "cifar10_resnet18_paper.json", build=True)
+    cfg, irp = spec.config, spec.experiment_options
+    assert (irp.iterations, irp.schedule, irp.order, irp.reset_non_prunable, irp.grad_feature) == (
+        20, "equal", "prune_first", False, "train_sum")
+    assert irp.epochs_per_iteration == 160 and cfg.training.compressor.sparsity == 0.99
+    assert cfg.training.compressor.prune_classifier and cfg.dataset.batch_size == 64
+    opt = cfg.training.optimizer
+    assert opt.kwargs.nesterov and opt.learning_rate == 0.01 and opt.kwargs.lr_drops == [60, 120]
+
+
+def test_validate_of_a_folder_of_grid_folders_checks_the_subfolders(make_config, tmp_path, capsys):
+    make_config("a", folder="grids/one")
+    make_config("b", folder="grids/two")
+    assert main.main(["validate", str(tmp_path / "grids")]) == 0
+    out = capsys.readouterr().out
+    assert "validating its subfolders" in out and "2 valid, 0 invalid" in out

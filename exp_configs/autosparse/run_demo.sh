@@ -10,7 +10,7 @@ set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PY=${1:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 RES=results/autosparse
-$PY main.py run exp_configs/autosparse --results "$RES"
+$PY main.py run exp_configs/autosparse/irp_digits_seed0.json exp_configs/autosparse/irp_digits_seed2.json --results "$RES"
 DATASETS=$(ls "$RES"/irp/digits/digits_cnn/magnitude/0.98/seed_0-*/autos_dataset.pt \
               "$RES"/irp/digits/digits_cnn/magnitude/0.98/seed_2-*/autos_dataset.pt)
 $PY main.py autos-train $DATASETS --out "$RES/predictor.pt" --holdout dataset --epochs 20 --seed 0

@@ -3,6 +3,10 @@
 #
 #   exp_configs/paper/<base name>/<criterion>_sparsity<s>_warmup<w>_seed<n>.json   (12 criteria x 5 x 2 x 3)
 #   exp_configs/paper/<base name>/none_seed<n>.json                                   (dense baseline, 3 seeds)
+#   exp_configs/paper/<preset name>/...   from exp_configs/paper/presets/*.json: the FTS paper's protocol for the
+#                                         criteria of its Table 1 (8 of ours) x the Table 1 sparsities x 3 seeds
+#
+# Sparsities: 0.8 0.9 0.95 0.98 0.99, the FTS paper's Table 1 (exp_configs/paper/fts_table1.csv).
 #
 # One sweep per base with every criterion; if that fails (e.g. a criterion or dataset is not registered
 # yet), one sweep per criterion, so that the ones that validate are still written.  Rerunnable: identical files are left alone, so run it again after a
@@ -13,8 +17,9 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 HERE=exp_configs/paper
 CRITERIA=${CRITERIA:-"random magnitude snip grad_norm grasp synflow fisher_diag fisher_pruner fts hutch_diag hutch_pruning hts"}
-SPARSITIES=0.5,0.8,0.9,0.95,0.98   # the paper's table values were not available to us: see README
+SPARSITIES=${SPARSITIES:-0.8,0.9,0.95,0.98,0.99}   # the FTS paper's Table 1
 SEEDS=0,42,123
+TABLE1_CRITERIA="random magnitude grad_norm snip grasp fisher_diag fisher_pruner fts"  # Table 1's, FBSS aside
 WARMUPS=0,1
 
 failed=()
@@ -33,6 +38,16 @@ for base in "$HERE"/base/*.json; do
                 || failed+=("$name/$crit")
         done
     fi
+done
+for base in "$HERE"/presets/*.json; do
+    name=$(basename "$base" .json)
+    out="$HERE/$name"
+    echo "== preset $name: dense"
+    "$PY" main.py sweep "$base" --out "$out" "$@" \
+        --set compressor.class=none --set general.seed=$SEEDS || failed+=("$name/none")
+    echo "== preset $name: Table 1 criteria"
+    "$PY" main.py sweep "$base" --out "$out" "$@" --set compressor.class="${TABLE1_CRITERIA// /,}" \
+        --set compressor.sparsity=$SPARSITIES --set general.seed=$SEEDS || failed+=("$name")
 done
 if ((${#failed[@]})); then
     echo "not generated (see the problems above; rerun this script once they are registered): ${failed[*]}"
