@@ -92,3 +92,13 @@ def test_quick_gpu_check_on_the_cpu_writes_passing_checks_and_positive_speeds(
     assert any(r["status"].startswith("skipped: no GPU memory") for r in proj)
     printed = capsys.readouterr().out.rstrip().splitlines()
     assert printed[-1].startswith("| projection") and any(line.startswith("| section") for line in printed[-60:])
+
+
+def test_quick_structured_benchmark_checks_compact_against_masked_and_prints_ratios(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    rows = _load("structured").main(["--quick", "--models", "resnet18", "--sparsities", "0.5", "--device", "cpu"])
+    by = {r["model"]: r for r in rows}
+    assert set(by) == {"dense", "masked", "compact"}
+    assert by["masked"]["params"] == by["dense"]["params"] > by["compact"]["params"]
+    assert by["dense"]["latency_ratio"] == 1.0 and by["compact"]["throughput_ratio"] > 0
+    assert "| compact | 0.5 |" in capsys.readouterr().out
