@@ -89,14 +89,14 @@ def measure(variants: list[tuple[str, float, nn.Module]], batch: int, rounds: in
     thr = {i: [] for i in range(len(variants))}
     for _ in range(rounds):
         for i, (_, _, model) in enumerate(variants):
-            lat[i] += [timed(lambda: model(one), device) for _ in range(latency_calls)]
-            thr[i].append(timed(lambda: model(many), device))
+            lat[i] += [timed(lambda m=model: m(one), device) for _ in range(latency_calls)]
+            thr[i].append(timed(lambda m=model: m(many), device))
     rows = []
     base_lat, base_thr = statistics.median(lat[0]), statistics.median(thr[0])
     for i, (label, s, model) in enumerate(variants):
-        l, t = statistics.median(lat[i]), statistics.median(thr[i])
+        lt, t = statistics.median(lat[i]), statistics.median(thr[i])
         rows.append({"model": label, "sparsity": s, "params": sum(p.numel() for p in model.parameters()),
-                     "latency_ms": 1e3 * l, "latency_ratio": l / base_lat, "images_per_s": batch / t,
+                     "latency_ms": 1e3 * lt, "latency_ratio": lt / base_lat, "images_per_s": batch / t,
                      "throughput_ratio": base_thr / t})
     return rows
 

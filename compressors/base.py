@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from utils import compat
 from utils.typed import NoOptions, parse_strict
@@ -167,7 +168,9 @@ class Compressor:
         missing = [n for n in names if n not in all_params]
         if missing:
             raise KeyError(f"not parameters of the model: {missing}")
-        with preserved_state(model):
+        # the math kernel of scaled_dot_product_attention: the fused (flash / memory-efficient) kernels have no
+        # second derivative, which GraSP's Hessian-gradient and the Hutchinson Hessian-vector products need
+        with preserved_state(model), sdpa_kernel([SDPBackend.MATH]):
             for n in names:  # frozen parameters can still be scored; the flags are restored on exit
                 all_params[n].requires_grad_(True)
             scores = self.compute(model, names, mask_loader, loss_fn, sparsity)

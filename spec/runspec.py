@@ -398,7 +398,7 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
                                     "rule and takes no prune_classifier / prune_biases; valid: 'module_type' (or "
                                     "leave those false)"))
         if not comp_cls.prunes:
-            comp.sparsity = 0.0  # the dense baseline ignores the (template) sparsity
+            comp.sparsity, comp.structure = 0.0, "none"  # the dense baseline ignores the (template) sparsity
         if comp.ablation != "none" and not getattr(exp_cls, "supports_ablation", True):
             problems.append(Problem("training.compressor.ablation", f"experiment '{cfg.general.experiment}' prunes "
                                     "in several steps, which the one-mask sanity checks do not define; valid: 'none'"))
