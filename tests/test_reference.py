@@ -108,16 +108,21 @@ def test_paper_configs_parse_and_use_the_table1_sparsities_and_the_fts_protocol(
 
     files = collect_configs([ROOT / "exp_configs" / "paper"], recursive=True)
     assert len(files) >= 5 * 363 + 123
-    sparsities, preset = set(), []
+    sparsities, structured, preset = set(), set(), []
     for f in files:
         spec = RunSpec.load(f)
         cfg = spec.config
         if spec.prunes:
-            sparsities.add(cfg.training.compressor.sparsity)
-        assert cfg.dataset.normalization == "official", f
+            (structured if cfg.training.compressor.structure != "none" else sparsities).add(
+                cfg.training.compressor.sparsity)
+        if cfg.dataset.name == "imagefolder":  # CIFAR-10 JPEG folders: the official constants given explicitly
+            assert cfg.dataset.options["std"] == [0.2023, 0.1994, 0.2010], f
+        else:
+            assert cfg.dataset.normalization == "official", f
         if "fts_protocol" in str(f):
             preset.append(spec)
     assert sparsities == {0.8, 0.9, 0.95, 0.98, 0.99}
+    assert structured == {0.25, 0.5, 0.75}  # the structured (Figure 4) grid: fraction of heads + neurons removed
     assert len(preset) == 8 * 5 * 3 + 3 + 1  # the generated grid + its base in presets/
     for spec in preset:
         cfg = spec.config
