@@ -163,3 +163,23 @@ def test_compact_export_refuses_an_unstructured_run(make_config, tmp_path):
     run_config(config, results=tmp_path / "results", log=lambda s: None)
     with pytest.raises(ValueError, match="nothing to cut out"):
         export_run(RunSpec.load(config).run_dir(tmp_path / "results"), "compact", tmp_path / "out")
+
+
+def test_an_interrupted_structured_run_resumes_to_the_same_result(make_config, tmp_path):
+    from tests.helpers import interrupt_after
+
+    config = make_config("resume", **{"training.num_steps": 2, "training.max_batches": 2,
+                                      "training.compressor.structure": "channel",
+                                      "training.compressor.sparsity": 0.5})
+    interrupt_after(config, tmp_path / "a", epochs=1)
+    run_config(config, results=tmp_path / "a", log=lambda s: None)
+    run_config(config, results=tmp_path / "b", log=lambda s: None)
+    spec = RunSpec.load(config)
+    a, b = spec.run_dir(tmp_path / "a"), spec.run_dir(tmp_path / "b")
+    assert json.loads((a / "status.json").read_text())["resumed"]
+    ma, mb = torch.load(a / "mask.pt"), torch.load(b / "mask.pt")
+    assert set(ma) == set(mb) and all(torch.equal(ma[n], mb[n]) for n in ma)
+    assert any(n.endswith("1.weight") for n in ma)  # the BN scales of removed channels are masked too
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ra["final_test_acc"] == rb["final_test_acc"] and ra["final_test_loss"] == rb["final_test_loss"]
+    assert ra["structures"]["groups"] == rb["structures"]["groups"]
