@@ -169,7 +169,9 @@ class Run:
         if self.steps_per_epoch < 1:
             raise ValueError(f"dataset '{self.cfg.dataset.name}': the training set yields no batch")
         drawn = f"per_class_samples={comp.per_class_samples}" if comp.per_class_samples else "whole training subset"
-        source = comp.mask_indices or f"{drawn}, seed {self.cfg.general.seed}"
+        drawn += (f", seed {self.cfg.general.seed}" if comp.mask_sampling != "unseeded"
+                  else ", unseeded (fresh OS entropy: reuse these rows through compressor.mask_indices)")
+        source = comp.mask_indices or drawn
         self.folder.write(Files.MASK_INDICES, mask_indices_record(self.loaders.mask_indices, source,
                                                                   self.cfg.dataset.name))
 
