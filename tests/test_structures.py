@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +32,7 @@ ARCHITECTURES = [
     ("vgg11", {}, (3, 32, 32), "channel", {"channel": 64 + 128 + 256 * 2 + 512 * 4}, 8),
     ("vit_small", {"depth": 2, "dim": 96, "heads": 6}, (3, 32, 32), "head+neuron", {"head": 12, "neuron": 2 * 384}, 4),
     ("vit_b_16", {}, (3, 32, 32), "head+neuron", {"head": 12 * 12, "neuron": 12 * 3072}, 24),
+    ("mlp", {}, (1, 8, 8), "neuron", {"neuron": 256 + 128}, 2),
 ]
 
 
@@ -183,3 +185,26 @@ def test_an_interrupted_structured_run_resumes_to_the_same_result(make_config, t
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
     assert ra["final_test_acc"] == rb["final_test_acc"] and ra["final_test_loss"] == rb["final_test_loss"]
     assert ra["structures"]["groups"] == rb["structures"]["groups"]
+
+
+def test_a_structured_vit_run_exports_heads_and_neurons_cut_out(tmp_path):
+    config = tmp_path / "vit.json"
+    base = json.loads((Path(__file__).resolve().parent.parent / "exp_configs" / "digits_structured" /
+                       "base.json").read_text())
+    base["general"].update(output_dir=None, trackers=[])
+    base["training"].update(num_steps=1, max_batches=2)
+    base["training"]["compressor"].update({"class": "snip", "sparsity": 0.5, "aggregate": "mean"})
+    config.write_text(json.dumps(base))
+    run_config(config, results=tmp_path / "results", log=lambda s: None)
+    run_dir = RunSpec.load(config).run_dir(tmp_path / "results")
+    record = json.loads((run_dir / "results.json").read_text())["structures"]
+    assert record["per_kind"]["head"]["kept"] < record["per_kind"]["head"]["total"]  # mean lets heads compete
+    export_run(run_dir, "compact", tmp_path / "out")
+    compact = load_compact(tmp_path / "out")
+    masked = models.build("vit_small", num_classes=10, input_shape=(1, 8, 8),
+                          **base["model"]["options"]).eval()
+    masked.load_state_dict(torch.load(run_dir / "final_model.pt"))
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert (compact(x) - masked(x)).norm() / masked(x).norm() < 1e-5
+    assert sum(b.attn.heads for b in compact.blocks) == record["per_kind"]["head"]["kept"]
