@@ -18,6 +18,8 @@ section leaves passes on to the next); an item that does not fit is listed as sk
    - device-loader batches lie in torchvision's distribution: each augmented image is one of the outputs
      torchvision's RandomCrop(padding) + RandomHorizontalFlip can give for its source image, offsets and
      flips are uniform (within 5 sigma), and the device gives the CPU loader's batches exactly;
+   - structured pruning: the compact model (structures cut out) computes what the masked model computes on
+     the device (channels of the correctness model, heads + MLP neurons of a small ViT);
    - pruned weights stay exactly zero after masked training steps (SGD, momentum, weight decay) under fp32,
      bf16, fp16 + GradScaler, channels_last, bf16 + channels_last and, on CUDA, torch.compile (checked on
      the compiled speed run (d));
@@ -85,6 +87,7 @@ from benchmarks.scoring import (  # noqa: E402
 from benchmarks.training import cycle, random_masks  # noqa: E402
 from compressors import estimators  # noqa: E402
 from compressors.base import preserved_state  # noqa: E402
+from compressors.structures import find_structures  # noqa: E402
 from data._common import ArrayDataset  # noqa: E402
 from data.cifar import Cifar10, cifar_transforms  # noqa: E402
 from data.device_loader import DeviceLoader  # noqa: E402
@@ -490,9 +493,45 @@ def check_zeros(ctx: Ctx) -> list[Row]:
     return rows
 
 
+def structured_check(name: str, options: dict, shape: tuple[int, ...], structure: str, device: torch.device) -> Result:
+    """Half of the structures removed (random scores): the compact model's outputs on the device against the
+    masked model's (float32, TF32 off); pass below a relative error of 1e-5."""
+    model = build_model(name, options, shape, device).eval()
+    structures = find_structures(model, structure, shape)
+    params = dict(model.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(p.shape, generator=g) for n, p in params.items() if p.dim() > 1}
+    keep, record = structures.select(structures.structure_scores(scores), 0.5)
+    with torch.no_grad():
+        for n, m in structures.masks(keep, params).items():
+            params[n].mul_(m.to(device))
+    compact = structures.compact(model, keep).eval()
+    x = torch.randn(8, *shape, generator=g).to(device)
+    with torch.no_grad(), strict_fp32():
+        masked, small = model(x), compact(x)
+    err = float((small - masked).norm() / masked.norm())
+    n_dense, n_compact = (sum(p.numel() for p in m.parameters()) for m in (model, compact))
+    return (f"rel. error {err:.1e}, {record['structures_kept']:,} of {record['structures_total']:,} structures, "
+            f"{n_compact:,} of {n_dense:,} parameters", verdict(err < 1e-5),
+            {"rel_error": err, "params_dense": n_dense, "params_compact": n_compact})
+
+
+STRUCTURED_VIT = {"depth": 2, "dim": 64, "heads": 4}
+
+
+def check_structured(ctx: Ctx) -> list[Row]:
+    p, rows = ctx.plan, []
+    vit_shape = (3, 8, 8) if p.quick else (3, 32, 32)
+    for name, options, shape, structure in ((p.corr_model, p.corr_options, p.corr_shape, "channel"),
+                                            ("vit_small", STRUCTURED_VIT, vit_shape, "head+neuron")):
+        run_item(rows, "correctness", f"compact == masked: {name} {structure} ({ctx.device.type})", ctx,
+                 lambda a=(name, options, shape, structure): structured_check(*a, ctx.device))
+    return rows
+
+
 def correctness(ctx: Ctx) -> list[Row]:
     """The cheap checks first, so a short budget cuts the costly CPU references last."""
-    return check_loader(ctx) + check_routes(ctx) + check_zeros(ctx) + check_criteria(ctx)
+    return check_loader(ctx) + check_routes(ctx) + check_zeros(ctx) + check_structured(ctx) + check_criteria(ctx)
 
 
 # ------------------------------------------------------------------------------------- training speed

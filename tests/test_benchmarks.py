@@ -57,7 +57,7 @@ def test_quick_gpu_check_on_the_cpu_writes_passing_checks_and_positive_speeds(
     compiled = [r for item, r in checks.items() if "torch.compile" in item]
     assert len(compiled) == 1 and compiled[0]["status"].startswith("skipped: on the CPU")
     others = [r for r in checks.values() if r not in compiled]
-    assert len(others) == 1 + len(criteria) + 4 + 3 + 5 and all(r["status"] == "pass" for r in others), others
+    assert len(others) == 1 + len(criteria) + 4 + 3 + 5 + 2 and all(r["status"] == "pass" for r in others), others
     routes = [r for item, r in checks.items() if " vs loop " in item]
     assert len(routes) == 4 and all(0 <= r["numbers"]["max_dev"] < 1e-5 for r in routes)
     assert all(r["numbers"]["pruned_nonzero"] == 0 and r["numbers"]["kept_changed"] > 0.5
