@@ -26,42 +26,36 @@ TABLE1_CRITERIA="random magnitude grad_norm snip grasp fisher_diag fisher_pruner
 WARMUPS=0,1
 STRUCTURED_SPARSITIES=${STRUCTURED_SPARSITIES:-0.25,0.5,0.75}  # fraction of structures (heads, neurons) removed
 
+EXTRA=("$@")
 failed=()
-for base in "$HERE"/base/*.json; do
-    name=$(basename "$base" .json)
-    out="$HERE/$name"
+# grid NAME BASE "CRITERIA" AXES...: the dense baseline once per seed and every criterion over AXES x seeds into
+# exp_configs/paper/NAME/; when the sweep of all criteria fails, one sweep per criterion, so those that
+# validate are still written
+grid() {
+    local name=$1 base=$2 criteria=$3 crit
+    shift 3
+    local out="$HERE/$name" axes=("$@" --set general.seed=$SEEDS)
     echo "== $name: dense"
-    "$PY" main.py sweep "$base" --out "$out" "$@" \
-        --set compressor.class=none --set general.seed=$SEEDS || failed+=("$name/none")
-    grid=(--set compressor.sparsity=$SPARSITIES --set compressor.warmup=$WARMUPS --set general.seed=$SEEDS)
-    echo "== $name: all criteria"
-    if ! "$PY" main.py sweep "$base" --out "$out" "$@" --set compressor.class="${CRITERIA// /,}" "${grid[@]}"; then
-        for crit in $CRITERIA; do
+    "$PY" main.py sweep "$base" --out "$out" "${EXTRA[@]}" --set compressor.class=none --set general.seed=$SEEDS \
+        || failed+=("$name/none")
+    echo "== $name: $criteria"
+    if ! "$PY" main.py sweep "$base" --out "$out" "${EXTRA[@]}" --set compressor.class="${criteria// /,}" "${axes[@]}"; then
+        for crit in $criteria; do
             echo "== $name: $crit"
-            "$PY" main.py sweep "$base" --out "$out" "$@" --set compressor.class="$crit" "${grid[@]}" \
+            "$PY" main.py sweep "$base" --out "$out" "${EXTRA[@]}" --set compressor.class="$crit" "${axes[@]}" \
                 || failed+=("$name/$crit")
         done
     fi
+}
+for base in "$HERE"/base/*.json; do
+    grid "$(basename "$base" .json)" "$base" "$CRITERIA" --set compressor.sparsity=$SPARSITIES \
+        --set compressor.warmup=$WARMUPS
 done
-for base in "$HERE"/presets/*.json; do
-    name=$(basename "$base" .json)
-    out="$HERE/$name"
-    echo "== preset $name: dense"
-    "$PY" main.py sweep "$base" --out "$out" "$@" \
-        --set compressor.class=none --set general.seed=$SEEDS || failed+=("$name/none")
-    echo "== preset $name: Table 1 criteria"
-    "$PY" main.py sweep "$base" --out "$out" "$@" --set compressor.class="${TABLE1_CRITERIA// /,}" \
-        --set compressor.sparsity=$SPARSITIES --set general.seed=$SEEDS || failed+=("$name")
+for base in "$HERE"/presets/*.json; do  # the FTS protocol: Table 1's criteria and sparsities
+    grid "$(basename "$base" .json)" "$base" "$TABLE1_CRITERIA" --set compressor.sparsity=$SPARSITIES
 done
-for base in "$HERE"/structured/*.json; do
-    name=$(basename "$base" .json)
-    out="$HERE/$name"
-    echo "== structured $name: dense"
-    "$PY" main.py sweep "$base" --out "$out" "$@" \
-        --set compressor.class=none --set general.seed=$SEEDS || failed+=("$name/none")
-    echo "== structured $name: all criteria"
-    "$PY" main.py sweep "$base" --out "$out" "$@" --set compressor.class="${CRITERIA// /,}" \
-        --set compressor.sparsity=$STRUCTURED_SPARSITIES --set general.seed=$SEEDS || failed+=("$name")
+for base in "$HERE"/structured/*.json; do  # structured pruning: fraction of structures removed
+    grid "$(basename "$base" .json)" "$base" "$CRITERIA" --set compressor.sparsity=$STRUCTURED_SPARSITIES
 done
 if ((${#failed[@]})); then
     echo "not generated (see the problems above; rerun this script once they are registered): ${failed[*]}"
