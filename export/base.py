@@ -23,6 +23,7 @@ weights as a state dict, and the mask (``mask.pt``).
 
 from __future__ import annotations
 
+import abc
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,13 +71,14 @@ class LoadedRun:
         return [n for n, m in self.masks.items() if not bool(m.all())]
 
 
-class Exporter:
+class Exporter(abc.ABC):
     """Base class of export formats (see the module docstring); registered with ``@export.register``."""
 
     registered_name: str = ""
 
-    def export(self, loaded: LoadedRun, out: Path) -> dict[str, Any]:  # pragma: no cover - abstract
-        raise NotImplementedError("export formats implement export(loaded, out)")
+    @abc.abstractmethod
+    def export(self, loaded: LoadedRun, out: Path) -> dict[str, Any]:
+        """Write the format's files of ``loaded`` into ``out``; return ``{"files": [paths], ...manifest fields}``."""
 
 
 def resolve_run(path: str | Path, results: str | Path | None = None) -> Path:
