@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressors.base import classifier_name
 from compressors.masks import kept_count, topk_mask
 
 KINDS = ("channel", "neuron", "head")
@@ -115,14 +116,6 @@ def _dependency_graph(model: nn.Module, example: torch.Tensor) -> Any:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
-def _classifier(model: nn.Module) -> nn.Module | None:
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            last = module
-    return last
-
-
 def _weight_groups(model: nn.Module, example: torch.Tensor, kinds: Sequence[str]) -> list[Group]:
     """Channel and neuron groups of ``model`` from Torch-Pruning's dependency graph (traced on a copy)."""
     want = {k for k in kinds if k in ("channel", "neuron")}
@@ -130,7 +123,7 @@ def _weight_groups(model: nn.Module, example: torch.Tensor, kinds: Sequence[str]
         return []
     names = {id(m): n for n, m in model.named_modules()}
     inside_attention = {id(sub) for m in _head_modules(model).values() for sub in m.modules()}
-    classifier = _classifier(model)
+    classifier = classifier_name(model)
     with torch.random.fork_rng(devices=[]):
         graph = _dependency_graph(model, example)
     groups = []
@@ -153,7 +146,7 @@ def _weight_groups(model: nn.Module, example: torch.Tensor, kinds: Sequence[str]
             idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
             prefix = names[id(module)] + "." if names[id(module)] else ""
             if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-                if module is classifier and out:
+                if names[id(module)] == classifier and out:
                     ok = False
                     break
                 if isinstance(module, nn.modules.conv._ConvNd) and module.groups != 1:
@@ -250,10 +243,10 @@ class StructureSet:
         without scores are kept whole."""
         keep: list[torch.Tensor] = [torch.zeros(g.count, dtype=torch.bool) for g in self.groups]
         scored = [i for i, s in enumerate(structure_scores) if not bool(torch.isnan(s).all())]
-        unscored = [self.groups[i].root for i in range(len(self.groups)) if i not in scored]
-        for i in range(len(self.groups)):
-            if i not in scored:
-                keep[i][:] = True
+        unscored = sorted(set(range(len(self.groups))) - set(scored))
+        for i in unscored:
+            keep[i][:] = True
+        unscored = [self.groups[i].root for i in unscored]
         rescued = []
         if scope == "layer":
             for i in scored:
