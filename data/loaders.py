@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from data.base import DataSplits
 from data.device_loader import DeviceLoader
 from utils.distributed import shard
+from utils.io import read_text_file
 from utils.seeding import derive_seed, epoch_permutation
 
 
@@ -136,12 +137,7 @@ def read_index_file(path: str | Path) -> list[int]:
     whitespace- or comma-separated integers.  A ValueError naming the file and the field otherwise."""
     where = f"{MASK_INDICES_FIELD} file {str(path)!r}"
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ValueError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{where}: cannot be read as UTF-8 text ({exc})") from None
+    text = read_text_file(path, where)
     stripped = text.strip()
     if stripped[:1] in ("[", "{"):
         try:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from reporting.aggregate import format_cell, metric_scale
+from utils.io import read_text_file
 
 COLUMNS = ("dataset", "model", "criterion", "sparsity", "mean", "std", "source")
 KEYS = ("dataset", "model", "criterion", "sparsity")
@@ -51,11 +52,9 @@ def load_reference(path: str | Path) -> pd.DataFrame:
     file, line and column for a missing file, a missing column or a value that is not a number."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ReferenceError(f"{path}: no such reference file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReferenceError(f"{path}: cannot be read as UTF-8 text ({exc})") from None
+        text = read_text_file(path, str(path), "reference file")
+    except ValueError as exc:
+        raise ReferenceError(str(exc)) from None
     reader = csv.DictReader(line for line in text.splitlines() if line.strip() and not line.startswith("#"))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:

@@ -131,6 +131,17 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+def read_text_file(path: str | Path, what: str, kind: str = "file") -> str:
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped); a ValueError ``"<what>: no such <kind>"``
+    or ``"<what>: cannot be read as UTF-8 text (...)"`` otherwise (``what`` names the file and field)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{what}: no such {kind}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: cannot be read as UTF-8 text ({exc})") from None
+
+
 def json_files(folder: str | Path, recursive: bool = False) -> list[Path]:
     """The ``*.json`` files of ``folder`` (and its subfolders with ``recursive``), sorted, without hidden
     ones: a name starting with ``.`` (e.g. the ``._name.json`` resource forks macOS leaves on shared
