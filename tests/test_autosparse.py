@@ -169,6 +169,20 @@ def _small_cnn() -> nn.Module:
                          nn.Linear(4 * 36, 8), nn.ReLU(), nn.Linear(8, 3))
 
 
+def summed_batch_gradients(model: nn.Module, loader: list, names: list[str]) -> dict[str, torch.Tensor]:
+    """Σ_b ∇ CE(batch b) per named parameter, in eval mode, one backward per batch (the model's mode restored)."""
+    was_training = model.training
+    model.eval()
+    params = dict(model.named_parameters())
+    total = {n: torch.zeros_like(params[n]) for n in names}
+    for xb, yb in loader:
+        grads = torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb), [params[n] for n in names])
+        for n, gr in zip(names, grads):
+            total[n] += gr
+    model.train(was_training)
+    return total
+
+
 @pytest.mark.parametrize("features", ["standardized", "raw"])
 def test_criterion_equals_the_mlp_on_theta0_and_the_mean_gradient(tmp_path: Path, features: str) -> None:
     path = _predictor(tmp_path / "p.pt", [8, 8], features)
@@ -178,14 +192,8 @@ def test_criterion_equals_the_mlp_on_theta0_and_the_mean_gradient(tmp_path: Path
     loader = [(x[:3], y[:3]), (x[3:6], y[3:6]), (x[6:], y[6:])]
     names = compressors.prunable_names(model)
     # reference: eval mode, one backward per mask batch, mean over batches, features by hand
-    model.eval()
     params = dict(model.named_parameters())
-    gbar = {n: torch.zeros_like(params[n]) for n in names}
-    for xb, yb in loader:
-        grads = torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb), [params[n] for n in names])
-        for n, gr in zip(names, grads):
-            gbar[n] += gr / len(loader)
-    model.train()
+    gbar = {n: g / len(loader) for n, g in summed_batch_gradients(model, loader, names).items()}
     net, _ = load_predictor(path)
     crit_big = compressors.build("autosparse", predictor=str(path))
     crit_small = compressors.build("autosparse", predictor=str(path), batch_size=5)
@@ -268,13 +276,8 @@ def test_gradient_sum_option_feeds_the_summed_batch_gradients(tmp_path: Path) ->
     x, y = torch.randn(8, 1, 6, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
     loader = [(x[:4], y[:4]), (x[4:], y[4:])]
     names = compressors.prunable_names(model)
-    model.eval()
     params = dict(model.named_parameters())
-    gsum = {n: torch.zeros_like(params[n]) for n in names}
-    for xb, yb in loader:
-        grads = torch.autograd.grad(nn.functional.cross_entropy(model(xb), yb), [params[n] for n in names])
-        for n, gr in zip(names, grads):
-            gsum[n] += gr
+    gsum = summed_batch_gradients(model, loader, names)
     net, _ = load_predictor(path)
     s_sum = compressors.build("autosparse", predictor=str(path), gradient="sum").score(model, loader,
                                                                                         nn.CrossEntropyLoss())
