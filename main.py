@@ -27,8 +27,8 @@ if str(ROOT) not in sys.path:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from launch.runner import collect_configs
-    from spec import RunSpec
-    from utils.typed import ConfigError
+    from runspec import RunSpec
+    from utils.schema import ConfigError
 
     files = collect_configs(args.paths, args.recursive)
     nested = [p for p in args.paths if not args.recursive and Path(p).is_dir() and not collect_configs([p])]
@@ -59,8 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) > 0:  # the other ranks of a torchrun: rank 0 prints for the run
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     from launch.runner import collect_configs, run_batch, summary_table
-    from spec.config import parse_config, read_json
-    from utils.typed import ConfigError
+    from runspec.config import parse_config, read_json
+    from utils.schema import ConfigError
 
     files = collect_configs(args.paths, args.recursive)
     if not files:
@@ -189,7 +189,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import data
     import export
     import models
-    from spec import EXPERIMENTS, config_fields
+    from runspec import EXPERIMENTS, config_fields
 
     if args.fields:  # the README's config reference, generated from the typed dataclasses
         print("| field | type | default | meaning |\n|---|---|---|---|")

@@ -88,8 +88,8 @@ from benchmarks.training import cycle, random_masks  # noqa: E402
 from compressors import estimators  # noqa: E402
 from compressors.base import preserved_state  # noqa: E402
 from compressors.structures import find_structures  # noqa: E402
-from data._common import ArrayDataset  # noqa: E402
-from data.cifar import Cifar10, cifar_transforms  # noqa: E402
+from data.arrays import ArrayDataset  # noqa: E402
+from data.datasets.cifar import Cifar10, cifar_transforms  # noqa: E402
 from data.device_loader import DeviceLoader  # noqa: E402
 from data.loaders import EpochShuffler  # noqa: E402
 from engine.checkpoint import save_checkpoint  # noqa: E402

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compressors  # noqa: E402
 import data  # noqa: E402
-from spec import RunSpec  # noqa: E402
+from runspec import RunSpec  # noqa: E402
 
 
 def spec_for(mode: str, dataset: str, model: str, criterion: str, sparsity: float, rounds: int,

@@ -9,7 +9,7 @@ step time, so a shared machine's noise hits all rows alike and sporadic stalls d
   multiplies of gradients and weights); the masked/dense ratio is the masking overhead (target < 5%),
   also given directly as the median time of the mask enforcement alone relative to a dense step;
 - loader only: the classic DataLoader (uint8 array -> PIL -> RandomCrop/flip/ToTensor/Normalize, as
-  data/cifar.py) vs the device-resident loader (data/device_loader.py);
+  data/datasets/cifar.py) vs the device-resident loader (data/device_loader.py);
 - full masked training step with each loader;
 - on CUDA also bf16 autocast + channels_last, and the time of one CIFAR-10-sized epoch (50,000 images).
 The data are synthetic uint8 tensors shaped like CIFAR-10 (50,000 x 32 x 32 x 3, 10 classes), so the
@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import compressors  # noqa: E402
 import models  # noqa: E402
-from data._common import ArrayDataset  # noqa: E402
-from data.cifar import Cifar10, cifar_transforms  # noqa: E402
+from data.arrays import ArrayDataset  # noqa: E402
+from data.datasets.cifar import Cifar10, cifar_transforms  # noqa: E402
 from data.device_loader import DeviceLoader  # noqa: E402
 from data.loaders import EpochShuffler  # noqa: E402
 from engine.loop import MaskEnforcer, autocast, prepare_model  # noqa: E402

@@ -31,7 +31,7 @@ from compressors.masks import (
 )
 from utils.registry import Registry
 
-REGISTRY: Registry[type[Compressor]] = Registry("compressor", plugins=__name__)
+REGISTRY: Registry[type[Compressor]] = Registry("compressor", plugins="compressors.criteria")
 register = REGISTRY.register
 discover = REGISTRY.discover
 names = REGISTRY.names

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from utils import compat
-from utils.typed import NoOptions, parse_strict
+from utils import switches
+from utils.schema import NoOptions, parse_strict
 
 Scores = dict[str, torch.Tensor]
 
@@ -115,7 +115,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 class Compressor:
     """Base class of pruning criteria.
 
-    Subclasses set ``Options`` (a dataclass built with :func:`utils.typed.option`, validated like every
+    Subclasses set ``Options`` (a dataclass built with :func:`utils.schema.option`, validated like every
     config field) and implement :meth:`compute`.  Class attributes:
 
     - ``needs_data``: False for data-free criteria (magnitude, random, synflow);
@@ -133,8 +133,8 @@ class Compressor:
     registered_name: ClassVar[str] = ""
 
     def __init__(self, **options: Any) -> None:
-        # switches left None (utils.compat) take the paper's value; a run's spec has filled them in already
-        self.options = compat.resolve(parse_strict(self.Options, options, "options"), compat.REFERENCE_MODE)
+        # switches left None (utils.switches) take the paper's value; a run's spec has filled them in already
+        self.options = switches.resolve(parse_strict(self.Options, options, "options"), switches.REFERENCE_MODE)
 
     @property
     def name(self) -> str:

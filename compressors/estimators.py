@@ -159,12 +159,21 @@ CHANNELS_LAST_MIN_SAMPLES = 20
 _NCHW_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models whose forward rejected channels-last
 
 
+def _has_unsafe_strided_pointwise_conv(model: nn.Module) -> bool:
+    """Does ``model`` hold a strided 1x1 convolution with fewer than 8 input channels?  On the CPU, the
+    channels-last backward of such a layer in torch 2.14.1 (oneDNN, one intra-op thread, AMD EPYC) corrupts
+    the heap ("double free or corruption": 4 -> 8 and 4 -> 4 channels crash, 8 -> 16 and wider do not; seen
+    on this project's CI machine).  Only toy widths have such layers; those models keep the plain layout."""
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+               for m in model.modules())
+
+
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``model(x)``, with ``x`` in channels-last layout for large image batches on the CPU.  A model whose
     forward cannot take it (e.g. ``.view`` of a feature map) raises on the first try; it is remembered and
     run in the plain layout (a genuine error is raised again there)."""
     if (x.dim() == 4 and x.device.type == "cpu" and x.shape[0] >= CHANNELS_LAST_MIN_SAMPLES
-            and model not in _NCHW_ONLY):
+            and model not in _NCHW_ONLY and not _has_unsafe_strided_pointwise_conv(model)):
         try:
             return model(x.contiguous(memory_format=torch.channels_last))
         except RuntimeError:

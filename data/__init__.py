@@ -9,7 +9,7 @@ from __future__ import annotations
 from data.base import DatasetSource, DataSplits
 from utils.registry import Registry
 
-REGISTRY: Registry[type[DatasetSource]] = Registry("dataset", plugins=__name__)
+REGISTRY: Registry[type[DatasetSource]] = Registry("dataset", plugins="data.datasets")
 register = REGISTRY.register
 discover = REGISTRY.discover
 get = REGISTRY.get

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from data._common import resolve_root
-from utils.typed import NoOptions, parse_strict
+from data.roots import resolve_root
+from utils.schema import NoOptions, parse_strict
 
 if TYPE_CHECKING:
-    from data._common import DeviceData
+    from data.arrays import DeviceData
 
 
 NORMALIZATIONS = ("measured", "official")

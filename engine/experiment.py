@@ -19,10 +19,10 @@ from typing import Any, Callable, ClassVar
 
 from engine.run import EpochCallback, Run
 from engine.stages import Stage, Train
-from spec import RunSpec
-from spec.config import ExperimentConfig
-from spec.folder import RunFolder
-from utils.typed import NoOptions, Problem
+from runspec import RunSpec
+from runspec.config import ExperimentConfig
+from runspec.folder import RunFolder
+from utils.schema import NoOptions, Problem
 
 
 class Experiment:

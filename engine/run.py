@@ -1,6 +1,6 @@
 """A run in progress: what the stages of an experiment act on.
 
-:class:`Run` holds the objects built from the :class:`spec.RunSpec` (loaders, model, criterion, loss),
+:class:`Run` holds the objects built from the :class:`runspec.RunSpec` (loaders, model, criterion, loss),
 the current masks, optimizer and schedule, and a :class:`RunState` with everything else a resumed run
 needs (position in the batch stream, history, records, best model, snapshots, pruning record).  The
 state, the tensors and every RNG state go into one checkpoint (:mod:`engine.checkpoint`).
@@ -30,8 +30,8 @@ from compressors.structures import StructureSet, find_structures
 from engine.checkpoint import DamagedCheckpoint, load_checkpoint, save_checkpoint
 from engine.loop import MaskEnforcer, evaluate, make_scaler, prepare_model, train_epoch
 from engine.trackers import Tracker, flat_scalars, open_trackers
-from spec import RunSpec
-from spec.folder import CostRecord, Files, Heartbeat, PruningRecord, RunFolder, RunResults, mask_indices_record
+from runspec import RunSpec
+from runspec.folder import CostRecord, Files, Heartbeat, PruningRecord, RunFolder, RunResults, mask_indices_record
 from utils import distributed
 from utils.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 
@@ -289,7 +289,7 @@ class Run:
         self.state.step += count
 
     def beat(self, phase: str) -> None:
-        """Rewrite ``heartbeat.json`` (see :class:`spec.folder.Heartbeat`)."""
+        """Rewrite ``heartbeat.json`` (see :class:`runspec.folder.Heartbeat`)."""
         history = self.state.history
         seconds = sum(r["epoch_seconds"] for r in history) / len(history) if history else 0.0
         self.folder.write(Files.HEARTBEAT, vars(Heartbeat(

@@ -17,7 +17,7 @@ A format is one class in one file of this package::
 
 ``export`` returns the files it wrote (``files``, paths inside ``out``) and any format-specific fields;
 :func:`export.export_run` adds the sizes and writes ``export.json``.  :class:`LoadedRun` holds the run's
-resolved config (:class:`spec.RunSpec`), the network with its final weights (``final_model.pt``), those
+resolved config (:class:`runspec.RunSpec`), the network with its final weights (``final_model.pt``), those
 weights as a state dict, and the mask (``mask.pt``).
 """
 
@@ -34,10 +34,10 @@ from torch import nn
 
 import data
 import models
-from spec import RunSpec
-from spec.folder import Files, RunFolder
+from runspec import RunSpec
+from runspec.folder import Files, RunFolder
 from utils.io import IntegrityError, load_torch, read_json
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 MANIFEST = "export.json"
 DEFAULT_RESULTS = Path("results")

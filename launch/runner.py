@@ -3,7 +3,7 @@ good checkpoint, record every failure and keep going.  A run folder is claimed w
 runs (:func:`utils.locks.run_lock`), so two processes given the same config never run it at once: the
 second reports the run ``busy`` and goes on.
 
-A run's status lives in its run folder (:mod:`spec.folder`); the failures of earlier attempts stay in its
+A run's status lives in its run folder (:mod:`runspec.folder`); the failures of earlier attempts stay in its
 ``history``.  ``restart`` starts unfinished runs over, ``force`` every run.  A config that cannot even be
 resolved (bad field, unknown name) has no run folder; its failure is recorded under
 ``<root>/invalid/<file-stem>-<hash of its path>/status.json`` and removed once the file is fixed.  Any
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from engine import execute
-from spec import RunSpec
-from spec.folder import Files, RunFolder, StatusRecord, batch_record_path, invalid_dir
+from runspec import RunSpec
+from runspec.folder import Files, RunFolder, StatusRecord, batch_record_path, invalid_dir
 from utils import distributed
 from utils.environment import environment
 from utils.io import json_files, write_json
 from utils.locks import RunBusy, run_lock
-from utils.typed import ConfigError, Problem
+from utils.schema import ConfigError, Problem
 
 DEFAULT_RESULTS = Path("results")
 TASK_LOG = "PAI_TASK_LOG"  # set by a launcher task: its log file, recorded in status.json

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spec import RunSpec
-from spec.folder import Files, Heartbeat, RunFolder, find_run_dirs
+from runspec import RunSpec
+from runspec.folder import Files, Heartbeat, RunFolder, find_run_dirs
 from utils.locks import holder_is_gone, lock_holder, lock_path
 from utils.progress import eta_text
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 STALE_BEAT_SECONDS = 600.0
 

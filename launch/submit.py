@@ -20,8 +20,8 @@ from typing import Any, Callable
 import submitit
 
 from launch.runner import DEFAULT_RESULTS, TASK_LOG, RunOutcome, results_root, run_config
-from spec import RunSpec
-from utils.typed import ConfigError
+from runspec import RunSpec
+from utils.schema import ConfigError
 
 FOREVER_MIN = 60 * 24 * 365
 ROOT = Path(__file__).resolve().parent.parent  # the project, importable in every task

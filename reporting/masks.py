@@ -14,7 +14,7 @@ import torch
 
 from compressors import check_masks
 from reporting.runs import CRITERION, group_hash
-from spec.folder import Files
+from runspec.folder import Files
 from utils.io import load_torch
 
 Mask = Mapping[str, torch.Tensor]

@@ -30,9 +30,9 @@ from reporting.masks import MaskReader, chance_iou, mask_iou, pairing_key
 from reporting.reference import compare, summary_line
 from reporting.render import to_latex, to_markdown
 from reporting.runs import RunSet, is_dense, load_runs
-from spec import RunSpec
+from runspec import RunSpec
 from utils.io import json_files, write_text
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 ISSUE_COLUMNS = ["status", "config_file", "run_dir", "reason"]
 

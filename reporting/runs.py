@@ -1,6 +1,6 @@
 """Read run folders into a pandas table (one row per run), never training anything.
 
-Run folders are found and read through the shared schema (:mod:`spec.folder`).  Each run's *group* is
+Run folders are found and read through the shared schema (:mod:`runspec.folder`).  Each run's *group* is
 the hash of its identity (:meth:`spec.RunSpec.identity`: the non-default values that change results)
 without the seed: runs with the same group differ only in the seed and are the ones averaged together.
 """
@@ -17,10 +17,10 @@ import pandas as pd
 from tqdm import tqdm
 
 import compressors
-from spec import RunSpec, identity_hash, non_identity_fields
-from spec.folder import INVALID, Files, RunFolder, find_run_dirs
+from runspec import RunSpec, identity_hash, non_identity_fields
+from runspec.folder import INVALID, Files, RunFolder, find_run_dirs
 from utils.registry import UnknownName
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 SEED_FIELD = "general.seed"
 OPTIONS_SEED_FIELD = "training.compressor.options.seed"

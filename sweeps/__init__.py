@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from spec.config import read_json
+from runspec.config import read_json
 from sweeps.grid import ALIASES, SHORTCUTS, Axis, SweepPoint, SweepSpecError, expand, expand_path, parse_set
 from sweeps.write import SweepResult, validate_points, write_sweep
-from utils.typed import ConfigError, Problem
+from utils.schema import ConfigError, Problem
 
 __all__ = ["ALIASES", "SHORTCUTS", "Axis", "SweepPoint", "SweepSpecError", "expand", "expand_path", "parse_set",
            "SweepResult", "validate_points", "write_sweep", "sweep"]

@@ -1,6 +1,6 @@
 """Validate every grid point, then write them all (or nothing).
 
-Each point is checked as a :class:`spec.RunSpec` (fields, registry names, options; the model and the
+Each point is checked as a :class:`runspec.RunSpec` (fields, registry names, options; the model and the
 criterion are built once per distinct dataset/model section to catch shape errors and bad criterion
 options).  Two points that would run the same experiment (same run hash) are a problem too.  Only when no point has
 a problem is anything written; an existing file with different content is a problem unless
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spec import RunSpec
+from runspec import RunSpec
 from sweeps.grid import SweepPoint
 from utils.io import write_text
-from utils.typed import ConfigError, Problem, to_dict
+from utils.schema import ConfigError, Problem, to_dict
 
 
 @dataclass

@@ -11,9 +11,9 @@ import torch
 
 import compressors
 from launch.runner import run_config
-from spec import RunSpec
+from runspec import RunSpec
 from utils.io import load_torch
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 BASE = {"training.num_steps": 1, "training.compressor.class": "magnitude", "training.compressor.sparsity": 0.8,
         "training.compressor.warmup": 0}

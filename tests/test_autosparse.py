@@ -19,7 +19,7 @@ from autosparse.predictor import PredictorError, build_mlp, load_predictor, make
 from autosparse.train import FitOptions, collect_rows, fit, spearman, split_holdout
 from launch.runner import run_config
 from utils.io import save_torch
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 N_ITER = 4
 SHAPES = {"conv1.weight": (12, 3, 3, 3), "conv2.weight": (16, 12, 3, 3), "fc.weight": (10, 64)}

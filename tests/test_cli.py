@@ -175,7 +175,7 @@ def test_a_run_claimed_by_a_live_process_is_reported_busy_and_left_alone(make_co
     import sys
 
     from launch.runner import run_config
-    from spec import RunSpec
+    from runspec import RunSpec
     from utils.locks import lock_path
 
     cfg_path = make_config("locked", **{"training.num_steps": 1})
@@ -345,7 +345,7 @@ def test_a_full_disk_while_writing_environment_json_fails_that_run_only(make_con
 
 
 def test_two_batches_ending_in_the_same_microsecond_keep_two_records(tmp_path: Path, monkeypatch) -> None:
-    from spec import folder
+    from runspec import folder
 
     monkeypatch.setattr(folder.time, "time", lambda: 1_700_000_000.25)
     first, second = folder.batch_record_path(tmp_path), folder.batch_record_path(tmp_path)

@@ -17,9 +17,9 @@ from torch import nn
 
 import compressors
 import data
-from spec import RunSpec
-from utils import compat
-from utils.typed import ConfigError
+from runspec import RunSpec
+from utils import switches
+from utils.schema import ConfigError
 
 SKIP = ("bias", "linear", "bn", "fc")
 SPARSITY = 0.9
@@ -477,9 +477,9 @@ PINNED = [-0.001441, 0.001015, -0.015743]  # seed 0, CPU
 
 def test_paper_switch_values_are_defaults_of_the_identity():
     """Switch tables: every mode listed for every switch, the reference mode first."""
-    from spec.config import CompressorConfig, DatasetConfig
+    from runspec.config import CompressorConfig, DatasetConfig
 
     for cls in (DatasetConfig, CompressorConfig, compressors.get("grasp").Options, compressors.get("synflow").Options,
                 compressors.get("hts").Options, compressors.get("snip").Options):
-        for field, values in compat.table(cls).items():
+        for field, values in switches.table(cls).items():
             assert set(values) == {"paper", "official"}, (cls, field)

@@ -13,7 +13,7 @@ from torch import nn
 import models
 from compressors.costs import TOP, count_costs
 from launch.runner import run_config
-from spec.folder import Files
+from runspec.folder import Files
 from utils.io import load_torch
 
 

@@ -16,7 +16,7 @@ from torch import nn
 import compressors
 from compressors import prunable_names, select
 from compressors.cache import ScoreCache, score_key, score_with_cache
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 ALL = ["none", "random", "magnitude", "grad_norm", "snip", "grasp", "synflow", "fisher_diag", "fisher_pruner",
        "fts", "hutch_diag", "hutch_pruning", "hts"]

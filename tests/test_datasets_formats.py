@@ -14,8 +14,8 @@ from datafiles import WNIDS, md5_of, write_cifar10, write_cifar100, write_image_
 from torchvision import datasets as tvd
 
 import data
-from data._common import ENV_VAR, DatasetUnavailable, resolve_root
-from data.tinyimagenet import TinyImageNet
+from data.datasets.tinyimagenet import TinyImageNet
+from data.roots import ENV_VAR, DatasetUnavailable, resolve_root
 
 
 # ----------------------------------------------------------------------------------------------- CIFAR
@@ -122,7 +122,7 @@ def test_tinyimagenet_crash_while_sorting_val_leaves_no_half_built_folder(tmp_pa
     src = tmp_path / "tiny-imagenet-200.zip"
     write_tiny_zip(src)
     _use_zip(monkeypatch, src)
-    import data.tinyimagenet as tin
+    import data.datasets.tinyimagenet as tin
 
     real = tin._link_or_copy
     calls = {"n": 0}
@@ -169,7 +169,7 @@ def test_imagefolder_resizes_computes_and_caches_normalisation(tmp_path: Path) -
     assert {Path(p).parent.name: y for p, y in splits.train.samples} == {"a": 0, "b": 1, "c": 2}  # sorted folders
     assert len(splits.train) == 9 and len(splits.test) == 9
     # the statistics are those of the resized training images
-    from data._images import FitSquare, load_rgb
+    from data.image_files import FitSquare, load_rgb
 
     pix = np.stack([np.asarray(FitSquare(16)(load_rgb(p)), dtype=np.float64) / 255 for p, _ in splits.train.samples])
     mean, std = pix.mean(axis=(0, 1, 2)), pix.std(axis=(0, 1, 2))
@@ -222,7 +222,7 @@ def test_imagefolder_given_constants_imagenet_preset_and_errors(tmp_path: Path) 
     with pytest.raises(DatasetUnavailable) as err:
         data.get("imagefolder")(root=str(tmp_path), path="absent").load()
     assert str(tmp_path / "absent" / "train") in str(err.value) and "dataset.options.path" in str(err.value)
-    from utils.typed import ConfigError
+    from utils.schema import ConfigError
 
     with pytest.raises(ConfigError, match="required"):
         data.get("imagefolder")(root=str(tmp_path))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from spec import RunSpec
+from runspec import RunSpec
 from utils.distributed import shard
 from utils.io import load_torch
 

@@ -19,8 +19,8 @@ from torch import nn
 import compressors
 from engine.loop import MaskEnforcer, bn_warmup, train_epoch
 from launch.runner import run_config
-from spec.config import OptimizerConfig, OptimizerKwargs
-from spec.training import build_optimizer
+from runspec.config import OptimizerConfig, OptimizerKwargs
+from runspec.training import build_optimizer
 from utils.io import load_torch
 
 ROOT = Path(__file__).resolve().parent.parent

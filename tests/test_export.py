@@ -16,7 +16,7 @@ import models
 from export.sparse import from_csr, load_sparse, to_csr
 from launch.runner import run_config
 from main import main
-from spec.folder import Files
+from runspec.folder import Files
 from tests.helpers import flip_tensor_byte
 from utils.io import load_torch
 

@@ -19,7 +19,7 @@ import main
 from launch.runner import run_config
 from launch.status import collect
 from launch.submit import time_minutes
-from spec import RunSpec
+from runspec import RunSpec
 from utils.io import load_torch, write_json
 from utils.locks import lock_path
 

@@ -1,4 +1,4 @@
-"""Layer-density baselines (compressors/layer_density.py): exact kept counts, uniform and ERK densities with the
+"""Layer-density baselines (compressors/criteria/layer_density.py): exact kept counts, uniform and ERK
 cap at 1 and the excess redistributed, random and seeded weights inside each layer."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import compressors
-from compressors.layer_density import layer_kept_counts
-from spec import RunSpec
-from utils.typed import ConfigError
+from compressors.criteria.layer_density import layer_kept_counts
+from runspec import RunSpec
+from utils.schema import ConfigError
 
 
 def _net() -> nn.Module:

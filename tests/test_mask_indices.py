@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from launch.runner import run_config
-from spec import RunSpec
-from spec.folder import Files
-from utils.typed import ConfigError
+from runspec import RunSpec
+from runspec.folder import Files
+from utils.schema import ConfigError
 
 FIELD = "training.compressor.mask_indices"
 

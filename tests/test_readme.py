@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 import compressors
-from spec import config_fields
+import compressors.criteria
+from runspec import config_fields
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -23,11 +24,11 @@ def _section(title: str) -> str:
 
 
 def test_the_adding_a_criterion_example_runs_as_printed(tmp_path: Path) -> None:
-    code = re.search(r"```python\n(# compressors/(\w+)\.py\n.*?)```", _section("Adding a criterion"), re.S)
+    code = re.search(r"```python\n(# compressors/criteria/(\w+)\.py\n.*?)```", _section("Adding a criterion"), re.S)
     assert code, "the README lost its criterion example"
     source, module = code.group(1), code.group(2)
     (tmp_path / f"{module}.py").write_text(source)
-    compressors.__path__.append(str(tmp_path))
+    compressors.criteria.__path__.append(str(tmp_path))
     try:
         crit = compressors.build("taylor_power", power=2.0)
         torch.manual_seed(0)
@@ -41,10 +42,10 @@ def test_the_adding_a_criterion_example_runs_as_printed(tmp_path: Path) -> None:
         assert torch.allclose(scores["0.weight"], (model[0].weight * grads[0]).abs() ** 2, atol=1e-7)
         assert torch.allclose(scores["2.weight"], (model[2].weight * grads[1]).abs() ** 2, atol=1e-7)
     finally:
-        compressors.__path__.remove(str(tmp_path))
+        compressors.criteria.__path__.remove(str(tmp_path))
         for table in (compressors.REGISTRY._entries, compressors.REGISTRY._display):
             table.pop("taylor_power", None)
-        sys.modules.pop(f"compressors.{module}", None)
+        sys.modules.pop(f"compressors.criteria.{module}", None)
 
 
 def test_every_config_field_is_in_the_reference_table() -> None:

@@ -104,7 +104,7 @@ def test_bad_reference_files_are_refused(tmp_path, capsys, content, message):
 
 def test_paper_configs_parse_and_use_the_table1_sparsities_and_the_fts_protocol():
     from launch.runner import collect_configs
-    from spec import RunSpec
+    from runspec import RunSpec
 
     files = collect_configs([ROOT / "exp_configs" / "paper"], recursive=True)
     assert len(files) >= 5 * 363 + 123
@@ -137,7 +137,7 @@ def test_paper_configs_parse_and_use_the_table1_sparsities_and_the_fts_protocol(
 
 
 def test_the_autosparse_paper_config_selects_their_recipe():
-    from spec import RunSpec
+    from runspec import RunSpec
 
     spec = RunSpec.load(ROOT / "exp_configs" / "autosparse" / "cifar10_resnet18_paper.json", build=True)
     cfg, irp = spec.config, spec.experiment_options

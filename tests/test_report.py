@@ -15,7 +15,7 @@ import torch
 import main
 from reporting import aggregate, build_report, chance_iou, collect_issues, format_cell, load_runs, mask_iou
 from reporting.report import overlap_matrices, stability_frame
-from spec import RunSpec
+from runspec import RunSpec
 from utils.io import save_torch
 
 BASE: dict[str, Any] = {

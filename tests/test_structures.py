@@ -16,8 +16,8 @@ from compressors.structures import Group, StructureSet, find_structures, parse_k
 from export import export_run
 from export.compact import load_compact
 from launch.runner import run_config
-from spec import RunSpec
-from utils.typed import ConfigError
+from runspec import RunSpec
+from utils.schema import ConfigError
 
 # (model, options, input shape, structure) -> expected structures per kind and number of groups
 ARCHITECTURES = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import main
-from spec import RunSpec
+from runspec import RunSpec
 from sweeps import SweepSpecError, expand, expand_path, parse_set, sweep
 from sweeps.grid import split_values
 

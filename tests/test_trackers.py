@@ -14,9 +14,9 @@ from helpers import interrupt_after
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from launch.runner import run_config
-from spec import RunSpec
+from runspec import RunSpec
 from utils.io import load_torch
-from utils.typed import ConfigError
+from utils.schema import ConfigError
 
 
 def _scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -390,7 +390,7 @@ def _tiny_model() -> nn.Module:
 
 
 def test_irp_train_sum_gradient_is_the_sum_over_the_training_set(tmp_path: Path) -> None:
-    from spec import RunSpec
+    from runspec import RunSpec
 
     cfg = copy.deepcopy(IRP)
     cfg["training"]["compressor"]["warmup"] = 0

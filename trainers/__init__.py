@@ -1,11 +1,11 @@
 """Experiments (pipelines), one registered class per module: ``general.experiment`` selects one.
 
-Every module of this folder is an experiment plugin (discovered by :data:`spec.EXPERIMENTS`); the
+Every module of this folder is an experiment plugin (discovered by :data:`runspec.EXPERIMENTS`); the
 engine they are declared over lives in :mod:`engine`, the batch runner in :mod:`launch`."""
 
 from __future__ import annotations
 
-from spec import EXPERIMENTS as REGISTRY
+from runspec import EXPERIMENTS as REGISTRY
 
 register = REGISTRY.register
 get = REGISTRY.get

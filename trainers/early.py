@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from engine import Experiment, Prune, Train
 from trainers import register
-from utils.typed import Problem, option
+from utils.schema import Problem, option
 
 
 @dataclass

@@ -46,8 +46,8 @@ from compressors.base import preserved_state
 from compressors.estimators import mean_gradient
 from engine import Call, Experiment, Prune, Rewind, Snapshot, Train, Warmup
 from trainers import register
+from utils.schema import Problem, option
 from utils.seeding import derive_seed
-from utils.typed import Problem, option
 
 AUTOS_DATASET = "autos_dataset.pt"
 

@@ -18,7 +18,7 @@ from typing import Optional
 from compressors import density
 from engine import Call, Experiment, Prune, Train
 from trainers import register
-from utils.typed import option
+from utils.schema import option
 
 
 @dataclass

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from spec.folder import Files, find_run_dirs  # noqa: E402
+from runspec.folder import Files, find_run_dirs  # noqa: E402
 
 
 def twins(results: Path, out: Path) -> list[Path]:

@@ -15,7 +15,10 @@ import numpy as np
 from torchvision import datasets as tvd
 
 from data import register
-from data._common import ArrayDataset, CropFlipOptions, DeviceData, crop_flip_transforms, hwc_to_nchw, missing_error
+from data.arrays import ArrayDataset, DeviceData, hwc_to_nchw
+from data.options import CropFlipOptions
+from data.roots import missing_error
+from data.transforms import crop_flip_transforms
 from data.base import DatasetSource, DataSplits
 
 

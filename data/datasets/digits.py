@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from data import register
 from data.base import DatasetSource, DataSplits
-from utils.typed import option
+from utils.schema import option
 
 
 @dataclass

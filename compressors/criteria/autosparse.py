@@ -27,7 +27,7 @@ from autosparse.predictor import load_predictor, predict_tensor
 from compressors import register
 from compressors.base import Compressor, Scores
 from compressors.estimators import mean_gradient, summed_gradient
-from utils.typed import option
+from utils.schema import option
 
 
 @dataclass

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Optional
+
 import torch
 
 from compressors import register
 from compressors.base import Compressor, Scores
 from compressors.estimators import summed_gradient
-from compressors.options import SnipOptions
+from compressors.options import ChunkOptions
+from utils.schema import option
 
 
 def normalise_sum(raw: Scores) -> Scores:
     """Divide every score by the sum over all scored tensors (unchanged when that sum is 0)."""
     total = torch.stack([s.sum() for s in raw.values()]).sum() if raw else torch.zeros(())
     return {n: s / total for n, s in raw.items()} if total > 0 else raw
+
+
+@dataclass
+class SnipOptions(ChunkOptions):
+    normalise_over: Optional[Literal["scored", "all"]] = option(
+        None, "the sum that normalises the scores: over the scored weights, or over every parameter (BN, biases, "
+              "classifier too; the official code); the ranking is the same; null: as general.compat says")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {"normalise_over": {"paper": "scored", "official": "all"}}
 
 
 @register("snip")

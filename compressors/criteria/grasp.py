@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Optional
+
 from compressors import register
 from compressors.base import Compressor, Scores, prunable_names
 from compressors.estimators import grasp_hg
-from compressors.options import GraspOptions
+from compressors.options import ChunkOptions
+from utils.schema import option
+
+
+@dataclass
+class GraspOptions(ChunkOptions):
+    temperature: Optional[float] = option(None, "logits are divided by this temperature T in both GraSP passes; "
+                                                "null: as general.compat says (paper 200, official 1)",
+                                          min=0, min_exclusive=True)
+    keep: Optional[Literal["lowest", "highest"]] = option(
+        None, "which S = -θ ⊙ Hg are kept: 'lowest' (Wang et al. 2020 remove the largest S) or 'highest' (the "
+              "official code); null: as general.compat says")
+    wrt: Optional[Literal["weights", "all"]] = option(
+        None, "what g, H and the normalising sum run over: 'weights' (every Conv/Linear weight, classifier "
+              "included) or 'all' (every parameter: BN, biases too; the official code); null: as general.compat says")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {
+        "temperature": {"paper": 200.0, "official": 1.0},
+        "keep": {"paper": "lowest", "official": "highest"},
+        "wrt": {"paper": "weights", "official": "all"},
+    }
 
 
 @register("grasp")

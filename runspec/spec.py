@@ -5,7 +5,7 @@ identity and builds what a run needs (open_lth's ``desc.py`` above our registrie
     spec.run_dir("results")                                   # results/pbt/digits/digits_cnn/snip/0.9/seed_0-<hash>
     loaders = spec.build_loaders(device); model = spec.build_model(loaders); ...
 
-Identity: the run hash is the SHA-256 of the config's *non-default* values (:func:`utils.typed.nondefault`
+Identity: the run hash is the SHA-256 of the config's *non-default* values (:func:`utils.schema.nondefault`
 over the config, the dataset's, the criterion's and the experiment's options; fields marked
 ``identity=False`` left out), so adding an option with a default never moves an existing run.
 """
@@ -27,14 +27,13 @@ from torch import nn
 import compressors
 import data
 import models
-from spec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_json
-from spec.folder import RunFolder
-from spec.training import build_optimizer, build_scheduler
-from utils import compat
+from runspec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_json
+from runspec.folder import RunFolder
+from runspec.training import build_optimizer, build_scheduler
+from utils import switches
 from utils.naming import slug
 from utils.registry import Registry, UnknownName
-from utils.seeding import seed_everything
-from utils.typed import (
+from utils.schema import (
     ConfigError,
     NoOptions,
     Problem,
@@ -44,6 +43,7 @@ from utils.typed import (
     parse_collect,
     to_dict,
 )
+from utils.seeding import seed_everything
 
 # Experiments (trainers/) register here: the specification needs their options, the trainers need the spec.
 EXPERIMENTS: Registry[type] = Registry("experiment", plugins="trainers")
@@ -183,9 +183,9 @@ class RunSpec:
         """The values that differ from their defaults (see the module docstring), minus ``without``."""
         # switches at their paper value count as defaults: spelling out the paper's behaviour, or adding a
         # switch, never moves a run (general.compat itself is not part of the identity: its values are)
-        ident = nondefault(compat.at_reference(self.config))
+        ident = nondefault(switches.at_reference(self.config))
         _put(ident, ("dataset", "options"), nondefault(self.dataset_options))
-        _put(ident, ("training", "compressor", "options"), nondefault(compat.at_reference(self.criterion_options)))
+        _put(ident, ("training", "compressor", "options"), nondefault(switches.at_reference(self.criterion_options)))
         section = getattr(self.experiment, "section", None)
         if section:
             _put(ident, ("training", section), nondefault(self.experiment_options))
@@ -202,7 +202,7 @@ class RunSpec:
         return identity_hash(self.identity(without=(SEED_PATH,)))
 
     def run_path(self) -> Path:
-        """The run folder relative to a results root (see :mod:`spec.folder`)."""
+        """The run folder relative to a results root (see :mod:`runspec.folder`)."""
         cfg = self.config
         comp = cfg.training.compressor
         sparsity = f"{comp.sparsity:g}" if self.prunes else "dense"
@@ -381,8 +381,8 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
     # first); the criterion's switches likewise, below
     mode = out.general.compat
     official = getattr(ds_cls, "official_settings", None)
-    compat.resolve(out.dataset, mode, official() if callable(official) else {})
-    compat.resolve(out, mode)
+    switches.resolve(out.dataset, mode, official() if callable(official) else {})
+    switches.resolve(out, mode)
     _check_num_classes(cfg, ds_cls, problems)
     if _lookup(models.get, cfg.model.name, "model.class", problems) is not None:
         out.model.name = models.REGISTRY.canonical(cfg.model.name)
@@ -391,7 +391,7 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
     comp_opts = _options(comp_cls, comp.options, "training.compressor.options", problems)
     if comp_cls is not None:
         comp.name = compressors.REGISTRY.canonical(comp.name)
-        compat.resolve(comp_opts, mode)
+        switches.resolve(comp_opts, mode)
         comp.options = to_dict(comp_opts) if comp_opts is not None else comp.options
         if comp.prunable == "official_names" and (comp.prune_classifier or comp.prune_biases):
             problems.append(Problem("training.compressor.prunable", "'official_names' is the official code's own "

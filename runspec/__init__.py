@@ -1,11 +1,11 @@
 """The run specification (above the registries of data, models and criteria; below the trainers).
 
 :class:`RunSpec` loads and checks a config, knows its identity and builds what a run needs;
-:mod:`spec.folder` declares the run folder that writers and readers share."""
+:mod:`runspec.folder` declares the run folder that writers and readers share."""
 
 from __future__ import annotations
 
-from spec.runspec import (
+from runspec.spec import (
     EXPERIMENTS,
     RunSpec,
     config_fields,

@@ -21,8 +21,8 @@ import torch
 
 from compressors import register
 from compressors.base import Compressor, ScoreMap
-from compressors.basic import SeedOptions, estimator_generator
 from compressors.masks import kept_count, topk_mask
+from compressors.options import SeedOptions, estimator_generator
 
 
 def layer_kept_counts(sizes: Sequence[int], raw: Sequence[float], sparsity: float) -> list[int]:

@@ -9,13 +9,30 @@ in the returned scores' ``diagnostics`` (written to results.json under ``criteri
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Optional
+
 from compressors import register
 from compressors.base import Compressor, ScoreMap, model_device
-from compressors.basic import estimator_generator
 from compressors.estimators import HutchinsonResult, hutchinson_diagonal
-from compressors.options import HutchinsonOptions
+from compressors.options import ChunkOptions, estimator_generator
 from compressors.taylor import obd_saliency, taylor_sensitivity
+from utils.schema import option
+from utils.seeding import MAX_SEED
 
+
+@dataclass
+class HutchinsonOptions(ChunkOptions):
+    probes: int = option(10, "Rademacher probes K per mask batch", min=1, max=100000)
+    temperature: float = option(200.0, "logits are divided by this temperature T", min=0, min_exclusive=True)
+    seed: Optional[int] = option(None, "the probes' own seed (default: drawn from torch's global RNG, which "
+                                       "the trainer seeds from the run seed)", min=0, max=MAX_SEED)
+    probe_params: Optional[Literal["scored", "all"]] = option(
+        None, "the tensors the Rademacher probes z run over: 'scored' (the scored tensors) or 'all' (every "
+              "parameter, BN and classifier too, as the official code; same expectation, other variance); null: as "
+              "general.compat says")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {"probe_params": {"paper": "scored", "official": "all"}}
 
 class _HutchinsonBase(Compressor):
     Options = HutchinsonOptions

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from compressors import register
 from compressors.base import Compressor, Scores
-from utils.seeding import MAX_SEED
-from utils.typed import option
+from compressors.options import SeedOptions, estimator_generator
 
 
 @register("none", "dense")
@@ -23,19 +19,6 @@ class NoPruning(Compressor):
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
         params = dict(model.named_parameters())
         return {n: torch.ones_like(params[n]) for n in names}
-
-
-@dataclass
-class SeedOptions:
-    seed: Optional[int] = option(None, "the estimator's own seed (default: drawn from torch's global RNG, "
-                                       "which the trainer seeds from the run seed)", min=0, max=MAX_SEED)
-
-
-def estimator_generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """A generator for a stochastic criterion: its own seed, or one drawn from the global torch RNG."""
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 @register("random")

@@ -2,7 +2,7 @@
 
 These are the sections every run has.  An experiment's own options (``training.irp``, ``training.pat``,
 ...) are declared by the experiment class (its ``Options`` and ``section``) and parsed by
-:class:`spec.RunSpec`, which also checks the names against the registries.  Fields marked
+:class:`runspec.RunSpec`, which also checks the names against the registries.  Fields marked
 ``identity=False`` never change what a run computes and are not part of its identity.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 from compressors.structures import parse_kinds
+from utils.schema import ConfigError, Problem, option, parse_collect
 from utils.seeding import MAX_SEED
-from utils.typed import ConfigError, Problem, option, parse_collect
 
 
 @dataclass

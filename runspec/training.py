@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from spec.config import OptimizerConfig
+from runspec.config import OptimizerConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Literal, Optional
 
 import torch
 from torch import nn
@@ -12,8 +13,8 @@ from compressors import register
 from compressors.base import Compressor, ScoreMap, Scores
 from compressors.estimators import flat_views
 from compressors.masks import kept_count, sparsity_schedule, topk_mask, torch_topk_mask
-from compressors.options import SynFlowOptions
 from utils.progress import progress
+from utils.schema import option
 
 
 def synflow_input_shape(mask_loader: Iterable | None) -> tuple[int, ...]:
@@ -58,6 +59,26 @@ def synflow_scores(model: nn.Module, names: list[str], masks: dict[str, torch.Te
             torch.mul(w, g, out=dst).abs_()
         scores[n] = dst
     return scores, bool(torch.isfinite(R))
+
+
+@dataclass
+class SynFlowOptions:
+    rounds: int = option(100, "pruning rounds n; round k keeps d^(k/n) of the weights (d = 1 - sparsity)",
+                         min=1, max=100000)
+    schedule: Optional[Literal["keep_fraction", "prune_fraction"]] = option(
+        None, "'keep_fraction': round k keeps d^(k/n) (Tanaka et al. 2020); 'prune_fraction': the official code "
+              "feeds the prune fraction s into that schedule, so round k prunes s^(k/n) (~99.9% in round one at "
+              "s = 0.9); null: as general.compat says")
+    rounds_select: Optional[Literal["exact", "official"]] = option(
+        None, "selection inside the rounds: 'exact' (round(d·n) by exact top-k, ties to the lower index, each "
+              "round masks the original weights) or 'official' (max(1, floor(d·n)) by torch.topk, and a weight "
+              "pruned in one round stays zero in every later round, as the official loop multiplies the weights "
+              "in place); null: as general.compat says")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {
+        "schedule": {"paper": "keep_fraction", "official": "prune_fraction"},
+        "rounds_select": {"paper": "exact", "official": "official"},
+    }
 
 
 @register("synflow")

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from spec import RunSpec, config_fields
-from spec.config import parse_config
-from utils.typed import ConfigError
+from runspec import RunSpec, config_fields
+from runspec.config import parse_config
+from utils.schema import ConfigError
 
 OFFICIAL = Path(__file__).resolve().parent.parent / "exp_configs" / "official" / "exp_hts.json"
 
@@ -286,7 +286,7 @@ def test_nondefault_of_a_grown_options_class_is_unchanged() -> None:
     same non-default dict for the same settings."""
     from dataclasses import dataclass
 
-    from utils.typed import nondefault, option
+    from utils.schema import nondefault, option
 
     @dataclass
     class Before:

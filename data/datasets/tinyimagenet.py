@@ -20,19 +20,15 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 from data import register
-from data._common import (
-    CropFlipOptions,
-    DeviceData,
-    atomic_folder,
-    crop_flip_transforms,
-    download_file,
-    md5sum,
-    missing_error,
-    stat_option,
-)
-from data._images import SampleDataset, materialise, scan
+from data.arrays import DeviceData
+from data.download import atomic_folder, download_file, md5sum
+from data.options import CropFlipOptions, stat_option
+from data.roots import missing_error
+from data.transforms import crop_flip_transforms
+from data.image_cache import materialise
+from data.image_files import SampleDataset, scan
 from data.base import DatasetSource, DataSplits
-from utils.typed import option
+from utils.schema import option
 
 
 @dataclass

@@ -15,10 +15,14 @@ from typing import Callable, Literal, Optional
 from torchvision import transforms as T
 
 from data import register
-from data._common import DeviceData, RgbOptions, crop_flip_transforms, missing_error, stat_option
-from data._images import FitSquare, SampleDataset, channel_stats, find_classes, materialise, scan
+from data.arrays import DeviceData
+from data.options import RgbOptions, stat_option
+from data.roots import missing_error
+from data.transforms import crop_flip_transforms
+from data.image_cache import channel_stats, materialise
+from data.image_files import FitSquare, SampleDataset, find_classes, scan
 from data.base import DatasetSource, DataSplits
-from utils.typed import Problem, option
+from utils.schema import Problem, option
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
