@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import compressors
+import compressors.criteria
 import data
 import models
 import trainers
@@ -67,7 +68,7 @@ def test_dotted_path_loads_a_criterion_from_outside_the_repo(tmp_path: Path, mon
         compressors.get("no_such_module_xyz:Thing")
 
 
-def test_a_file_dropped_into_the_package_path_is_discovered(tmp_path: Path) -> None:
+def test_a_file_dropped_into_the_criteria_folder_is_discovered(tmp_path: Path) -> None:
     (tmp_path / "dropped_in_criterion.py").write_text(textwrap.dedent('''
         import torch
         from compressors import register
@@ -82,7 +83,7 @@ def test_a_file_dropped_into_the_package_path_is_discovered(tmp_path: Path) -> N
                 params = dict(model.named_parameters())
                 return {n: -params[n].detach().abs() for n in names}
     '''))
-    compressors.__path__.append(str(tmp_path))
+    compressors.criteria.__path__.append(str(tmp_path))
     try:
         assert "negative_magnitude_test" in compressors.names()
         model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4, 2))
@@ -90,10 +91,10 @@ def test_a_file_dropped_into_the_package_path_is_discovered(tmp_path: Path) -> N
         w = model[0].weight.detach().abs()
         assert w[masks["0.weight"].bool()].max() <= w[~masks["0.weight"].bool()].min()
     finally:
-        compressors.__path__.remove(str(tmp_path))
+        compressors.criteria.__path__.remove(str(tmp_path))
         for key in [k for k in compressors.REGISTRY._entries if k == "negative_magnitude_test"]:
             del compressors.REGISTRY._entries[key], compressors.REGISTRY._display[key]
-        sys.modules.pop("compressors.dropped_in_criterion", None)
+        sys.modules.pop("compressors.criteria.dropped_in_criterion", None)
 
 
 def test_models_build_from_python_with_small_inputs() -> None:
