@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sparsity of the layer-density and mask-overlap figures (default: the one closest to 0.9)")
     rep.add_argument("--no-figures", action="store_true", help="tables and lists only")
     rep.add_argument("--reference", default=None, metavar="FILE",
-                     help="CSV of published cells (e.g. exp_configs/paper/fts_table1.csv): print them beside ours "
+                     help="CSV of published cells (e.g. docs/reference/fts_table1.csv): print them beside ours "
                           "with the difference and whether ours lies within the published ± std")
     rep.set_defaults(func=cmd_report)
     exp = sub.add_parser("export", help="write a completed run's model in another format (torch-prune, sparse, ...)")

@@ -13,7 +13,7 @@ import main
 from reporting.reference import NO_STD, ReferenceError, compare, load_reference
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLE1 = ROOT / "exp_configs" / "paper" / "fts_table1.csv"
+TABLE1 = ROOT / "docs" / "reference" / "fts_table1.csv"
 # the target cells (FTS paper Table 1, ResNet18 / CIFAR-10, % test accuracy)
 TARGETS = {(0.9, "snip"): 90.36, (0.9, "grasp"): 86.60, (0.9, "fts"): 90.55, (0.9, "magnitude"): 89.88,
            (0.9, "random"): 89.35, (0.98, "snip"): 87.26, (0.98, "fts"): 87.24, (0.98, "grasp"): 85.99,

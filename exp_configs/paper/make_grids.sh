@@ -9,7 +9,7 @@
 #   exp_configs/paper/<preset name>/...   from exp_configs/paper/presets/*.json: the FTS paper's protocol for the
 #                                         criteria of its Table 1 (8 of ours) x the Table 1 sparsities x 3 seeds
 #
-# Sparsities: 0.8 0.9 0.95 0.98 0.99, the FTS paper's Table 1 (exp_configs/paper/fts_table1.csv).
+# Sparsities: 0.8 0.9 0.95 0.98 0.99, the FTS paper's Table 1 (docs/reference/fts_table1.csv).
 #
 # One sweep per base with every criterion; if that fails (e.g. a criterion or dataset is not registered
 # yet), one sweep per criterion, so that the ones that validate are still written.  Rerunnable: identical files are left alone, so run it again after a
