@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) > 0:  # the other ranks of a torchrun: rank 0 prints for the run
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     from launch.runner import collect_configs, run_batch, summary_table
-    from runspec.config import parse_config, read_json
+    from runspec.config import parse_config, read_config_file
     from utils.schema import ConfigError
 
     files = collect_configs(args.paths, args.recursive)
@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.experiment:  # official form: --experiment must agree with each config's general.experiment
         for f in files:
             try:
-                cfg, _ = parse_config(read_json(f))
+                cfg, _ = parse_config(read_config_file(f))
             except ConfigError:
                 continue  # reported by the run itself
             exp = cfg.general.experiment if cfg is not None else args.experiment

@@ -8,12 +8,12 @@ These are the sections every run has.  An experiment's own options (``training.i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
 from compressors.structures import parse_kinds
+from utils.io import UnreadableJSON, read_json
 from utils.schema import ConfigError, Problem, option, parse_collect
 from utils.seeding import MAX_SEED
 
@@ -234,43 +234,17 @@ class ExperimentConfig:
 
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a file that is not UTF-8 text, a syntax error (line and column) or nesting too
-    deep to parse becomes a ConfigError naming the file."""
-    path = Path(path)
+def read_config_file(path: str | Path) -> Any:
+    """The JSON content of a config file (:func:`utils.io.read_json`); a file that cannot be read, is not
+    UTF-8 text, has a syntax error (line and column) or nests too deeply becomes a ConfigError naming the
+    file."""
     try:
-        raw = path.read_bytes()
+        return read_json(path)
     except OSError as exc:
-        raise ConfigError([Problem("", f"cannot read file: {exc.strerror or exc}", str(path))]) from None
-    try:
-        return json.loads(utf8_text(raw))
-    except json.JSONDecodeError as exc:
-        message = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-    except ValueError as exc:  # not UTF-8 text
-        message = str(exc)
-    except RecursionError:
-        message = "JSON nested too deeply to read"
+        message = f"cannot read file: {exc.strerror or exc}"
+    except UnreadableJSON as exc:
+        message = exc.reason
     raise ConfigError([Problem("", message, str(path))])
-
-
-def utf8_text(raw: bytes) -> str:
-    """``raw`` decoded as UTF-8 (a leading byte-order mark, as some editors write, is dropped); a
-    ValueError saying what the bytes look like (UTF-16, binary) otherwise."""
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or _ascii_in_utf16(raw[:2]):
-        raise ValueError("the file is UTF-16 text (as some editors save it); save it as UTF-8")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}): a config is a "
-                         "UTF-8 JSON file") from None
-    if "\x00" in text:
-        raise ValueError("a binary file (it holds NUL bytes), not a UTF-8 JSON config")
-    return text
-
-
-def _ascii_in_utf16(head: bytes) -> bool:
-    """Do two bytes look like one printable ASCII character in UTF-16 (a NUL beside it)?"""
-    return len(head) == 2 and head.count(0) == 1 and 32 <= max(head) < 127
 
 
 def parse_config(data: Any, file: str | None = None) -> tuple[ExperimentConfig | None, list[Problem]]:
@@ -279,14 +253,3 @@ def parse_config(data: Any, file: str | None = None) -> tuple[ExperimentConfig |
     cfg = parse_collect(ExperimentConfig, data, "", problems)
     problems = [Problem(p.path, p.message, file) for p in problems]
     return cfg, problems
-
-
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Load and validate one JSON config file (shape and ranges; registries are checked elsewhere)."""
-    data = read_json(path)
-    cfg, problems = parse_config(data, str(path))
-    if problems or cfg is None:
-        raise ConfigError(problems)
-    if not cfg.general.id:
-        cfg.general.id = Path(path).stem
-    return cfg

@@ -27,7 +27,7 @@ from torch import nn
 import compressors
 import data
 import models
-from runspec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_json
+from runspec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_config_file
 from runspec.folder import RunFolder
 from runspec.training import build_optimizer, build_scheduler
 from utils import switches
@@ -93,7 +93,7 @@ class RunSpec:
     def load(cls, path: str | Path, *, build: bool = False) -> RunSpec:
         """Read and check one JSON config file (``build``: also build the model and the criterion, as
         ``validate`` does).  Raises ConfigError with every problem found."""
-        spec = cls.from_dict(read_json(path), str(path), build=build)
+        spec = cls.from_dict(read_config_file(path), str(path), build=build)
         if not spec.config.general.id:
             spec.config.general.id = Path(path).stem
         return spec

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from runspec.config import read_json
+from runspec.config import read_config_file
 from sweeps.grid import ALIASES, SHORTCUTS, Axis, SweepPoint, SweepSpecError, expand, expand_path, parse_set
 from sweeps.write import SweepResult, validate_points, write_sweep
 from utils.schema import ConfigError, Problem
@@ -25,7 +25,7 @@ def sweep(base_file: str | Path, sets: list[str], out: str | Path, *, with_dense
           log: Callable[[str], None] = print) -> SweepResult:
     """Read the base config, expand ``sets`` (``PATH=V1,V2`` strings), validate and write; log a summary."""
     try:
-        base = read_json(base_file)
+        base = read_config_file(base_file)
     except ConfigError as exc:
         return _report(SweepResult(problems=exc.problems), 0, out, log)
     if not isinstance(base, dict):

@@ -126,9 +126,50 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic(path, lambda fh: fh.write(data))
 
 
+class UnreadableJSON(ValueError):
+    """A JSON file that is not UTF-8 text or not valid JSON; the message says what is wrong (the file is
+    ``path``; callers that report it name the file and the field)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(reason)
+        self.path, self.reason = str(path), reason
+
+
 def read_json(path: str | Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """The one JSON reader (configs, run-folder files, exports): UTF-8 text (a leading byte-order mark, as
+    some editors write, dropped).  A file that is not UTF-8 (UTF-16, binary), a syntax error (with line and
+    column) or nesting too deep to parse raises :class:`UnreadableJSON`; an OSError (missing file,
+    permissions) propagates as it is."""
+    raw = Path(path).read_bytes()
+    try:
+        return json.loads(utf8_text(raw))
+    except json.JSONDecodeError as exc:
+        reason = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    except ValueError as exc:  # not UTF-8 text
+        reason = str(exc)
+    except RecursionError:
+        reason = "JSON nested too deeply to read"
+    raise UnreadableJSON(path, reason)
+
+
+def utf8_text(raw: bytes) -> str:
+    """``raw`` decoded as UTF-8 (a leading byte-order mark dropped); a ValueError saying what the bytes look
+    like (UTF-16, binary) otherwise."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff") or _ascii_in_utf16(raw[:2]):
+        raise ValueError("the file is UTF-16 text (as some editors save it); save it as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}): a JSON file is "
+                         "UTF-8 text") from None
+    if "\x00" in text:
+        raise ValueError("a binary file (it holds NUL bytes), not a UTF-8 JSON file")
+    return text
+
+
+def _ascii_in_utf16(head: bytes) -> bool:
+    """Do two bytes look like one printable ASCII character in UTF-16 (a NUL beside it)?"""
+    return len(head) == 2 and head.count(0) == 1 and 32 <= max(head) < 127
 
 
 def read_text_file(path: str | Path, what: str, kind: str = "file") -> str:
