@@ -241,13 +241,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-SWEEP_HELP = """\
-Write one config per point of a grid.  PATH is a dotted path into the config file
-(training.compressor.sparsity); short forms: compressor.X = training.compressor.X,
-optimizer.X = training.optimizer.X, loss.X = training.criterion.X, and the aliases seed =
-general.seed, sparsity = training.compressor.sparsity, criterion = training.compressor.class,
-epochs = training.num_steps.  Values are JSON where possible (0.9, true, [80,120]), else strings;
-commas inside [] or {} do not split.  Every config is validated before anything is written."""
+def sweep_help() -> str:
+    """The description of ``main.py sweep``; its path forms come from :func:`sweeps.grid.path_help`."""
+    from sweeps.grid import path_help
+
+    return ("Write one config per point of a grid.  " + path_help() + "  Values are JSON where possible (0.9, "
+            "true, [80,120]), else strings; commas inside [] or {} do not split.  Every config is validated before "
+            "anything is written.")
 
 
 def cmd_autos_train(args: argparse.Namespace) -> int:
@@ -271,8 +271,18 @@ def allow_modules(args: argparse.Namespace) -> None:
         os.environ[ALLOW_ENV] = ",".join(filter(None, [os.environ.get(ALLOW_ENV, ""), *given]))
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose description may be a function, called only when the help is shown (so that
+    ``main.py --help`` does not import what a description is generated from)."""
+
+    def format_help(self) -> str:
+        if callable(self.description):
+            self.description = self.description()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="main.py", description="Pruning at initialization experiments.")
+    parser = Parser(prog="main.py", description="Pruning at initialization experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run config files / folders of configs")
     run.add_argument("paths", nargs="+", help="config files or folders (every *.json, sorted)")
@@ -298,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("--fields", action="store_true", help="print every config field as a Markdown table")
     lst.set_defaults(func=cmd_list)
-    swp = sub.add_parser("sweep", help="write one validated config per grid point", description=SWEEP_HELP,
+    swp = sub.add_parser("sweep", help="write one validated config per grid point", description=sweep_help,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     swp.add_argument("base", help="base config file (every field not swept is copied from it)")
     swp.add_argument("--set", action="append", metavar="PATH=V1,V2,...",

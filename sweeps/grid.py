@@ -34,6 +34,15 @@ ALIASES: dict[str, str] = {
 COMPRESSOR_PREFIX = "training.compressor."
 
 
+def path_help() -> str:
+    """How ``--set PATH=...`` paths may be written, from :data:`SHORTCUTS` and :data:`ALIASES` (the help of
+    ``main.py sweep``)."""
+    shortcuts = ", ".join(f"{short}.X = {full}.X" for short, full in SHORTCUTS.items())
+    aliases = ", ".join(f"{alias} = {full}" for alias, full in ALIASES.items())
+    return (f"PATH is a dotted path into the config file (training.compressor.sparsity); short forms: {shortcuts}; "
+            f"aliases: {aliases}.")
+
+
 class SweepSpecError(ValueError):
     """A malformed ``--set`` argument (no '=', empty path or empty value list)."""
 

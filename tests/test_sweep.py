@@ -180,3 +180,15 @@ def test_cli_dry_run_validates_and_lists_but_writes_nothing(make_config, tmp_pat
     rc = main.main(["sweep", str(_base(make_config)), "--set", "compressor.sparsity=2", "--out", str(out),
                     "--dry-run"])
     assert rc == 1 and not out.exists()  # a dry run still validates every point
+
+
+def test_the_sweep_help_lists_every_alias_and_short_form(capsys) -> None:
+    """``main.py sweep --help`` is generated from sweeps.grid's tables: a new alias is documented at once."""
+    import main
+    from sweeps.grid import ALIASES, SHORTCUTS
+
+    with pytest.raises(SystemExit):
+        main.main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(f"{alias} = {full}" in text for alias, full in ALIASES.items())
+    assert all(f"{short}.X = {full}.X" in text for short, full in SHORTCUTS.items())
