@@ -35,12 +35,11 @@ from torch import nn
 import data
 import models
 from runspec import RunSpec
-from runspec.folder import Files, RunFolder
+from runspec.folder import Files, RunFolder, results_root
 from utils.io import IntegrityError, load_torch, read_json
 from utils.schema import ConfigError
 
 MANIFEST = "export.json"
-DEFAULT_RESULTS = Path("results")
 
 
 class ExportError(ValueError):
@@ -96,7 +95,7 @@ def resolve_run(path: str | Path, results: str | Path | None = None) -> Path:
                           + "; ".join(map(str, exc.problems))) from None
     except ValueError as exc:
         raise ExportError(f"{path}: not a run folder, and not a readable config file ({exc})") from None
-    root = Path(results) if results is not None else Path(spec.config.general.output_dir or DEFAULT_RESULTS)
+    root = results_root(results, spec.config.general.output_dir)
     run_dir = spec.run_dir(root)
     if not run_dir.is_dir():
         raise ExportError(f"{path}: its run folder {run_dir} does not exist (run the config first, or give the "

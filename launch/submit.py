@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 import submitit
 
-from launch.runner import DEFAULT_RESULTS, TASK_LOG, RunOutcome, results_root, run_config
+from launch.runner import TASK_LOG, RunOutcome, run_config
 from runspec import RunSpec
+from runspec.folder import results_root
 from utils.schema import ConfigError
 
 FOREVER_MIN = 60 * 24 * 365
@@ -65,7 +66,7 @@ def plan(configs: list[Path], results: str | None, force: bool, restart: bool = 
         except ConfigError as exc:
             out.problems += [str(p) for p in exc.problems]
             continue
-        folder = spec.folder(results_root(spec, results))
+        folder = spec.folder(results_root(results, spec.config.general.output_dir))
         if folder.is_completed() and not force:
             out.completed.append(path)
             continue
@@ -87,7 +88,7 @@ def launch_local(todo: list[Path], results: str | None, *, workers: int, gpus: l
         import torch
 
         gpus = list(range(torch.cuda.device_count()))
-    folder = Path(results or DEFAULT_RESULTS) / "launch" / time.strftime("%Y%m%d-%H%M%S")
+    folder = results_root(results) / "launch" / time.strftime("%Y%m%d-%H%M%S")
     executor = submitit.LocalExecutor(folder=folder)
     executor.update_parameters(timeout_min=FOREVER_MIN, setup=SETUP)
     groups = [todo[i::workers] for i in range(workers) if todo[i::workers]]
@@ -137,7 +138,7 @@ def launch_slurm(todo: list[Path], results: str | None, options: SlurmOptions,
                  log: Callable[[str], None] = print) -> str:
     """Submit ``todo`` as one Slurm job array (``runs_per_task`` configs per task; each run on
     ``options.ranks`` processes, DistributedDataParallel when more than one); returns the job id."""
-    root = Path(results or DEFAULT_RESULTS)
+    root = results_root(results)
     folder = root / "slurm" / time.strftime("%Y%m%d-%H%M%S") / "%j"
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     params: dict[str, Any] = {

@@ -26,6 +26,17 @@ from typing import Any, Literal, Optional
 
 from utils.io import csv_text, load_torch, read_json, save_torch, write_json, write_text
 
+DEFAULT_RESULTS = Path("results")
+
+
+def results_root(override: str | Path | None = None, output_dir: str | None = None) -> Path:
+    """The results root runs go to, the one rule every writer and reader follows: ``--results``
+    (``override``) beats the config's ``general.output_dir`` beats ``./results``."""
+    if override is not None:
+        return Path(override)
+    return Path(output_dir) if output_dir else DEFAULT_RESULTS
+
+
 SCORE_CACHE = "score_cache"
 INVALID = "invalid"
 BATCHES = "batches"
