@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from utils import switches
-from utils.schema import NoOptions, parse_strict
+from utils.schema import NoOptions, Problem, parse_strict
 
 Scores = dict[str, torch.Tensor]
 
@@ -131,6 +131,25 @@ class Compressor:
     iterative: ClassVar[bool] = False
     scopes: ClassVar[tuple[str, ...]] = ("global", "layer")  # the compressor.mask values it works with
     registered_name: ClassVar[str] = ""
+
+    @classmethod
+    def check_config(cls, comp: Any, problems: list[Problem], path: str = "training.compressor") -> None:
+        """The cross-field checks of a run's compressor section ``comp`` (a ``runspec.config.CompressorConfig``)
+        under this criterion, appended to ``problems``: the ``official_names`` prunable rule takes no
+        prune_classifier / prune_biases; the dense baseline (``prunes`` False) ignores the sparsity and the
+        structure of a template (both are reset here); structures need a criterion that supports per-layer
+        masks (:func:`compressors.structures.check_structure`); ``mask`` must be one of ``scopes``."""
+        from compressors.structures import check_structure  # (structures builds on this module)
+
+        if comp.prunable == "official_names" and (comp.prune_classifier or comp.prune_biases):
+            problems.append(Problem(f"{path}.prunable", "'official_names' is the official code's own rule and takes "
+                                    "no prune_classifier / prune_biases; valid: 'module_type' (or leave those false)"))
+        if not cls.prunes:
+            comp.sparsity, comp.structure = 0.0, "none"  # the dense baseline ignores the (template) sparsity
+        check_structure(comp.structure, comp.name, cls.scopes, problems, f"{path}.structure")
+        if comp.mask not in cls.scopes:
+            problems.append(Problem(f"{path}.mask", f"'{comp.name}' sets its own density per layer; "
+                                    f"valid: {', '.join(map(repr, cls.scopes))}"))
 
     def __init__(self, **options: Any) -> None:
         # switches left None (utils.switches) take the paper's value; a run's spec has filled them in already

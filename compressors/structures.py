@@ -40,6 +40,7 @@ from torch import nn
 
 from compressors.base import classifier_name
 from compressors.masks import kept_count, topk_mask
+from utils.schema import Problem
 
 KINDS = ("channel", "neuron", "head")
 AGGREGATES = ("sum", "mean", "l2", "max")
@@ -56,6 +57,17 @@ def parse_kinds(structure: str) -> tuple[str, ...]:
         raise ValueError(f"structure must be 'none' or a '+'-joined combination of {', '.join(KINDS)} "
                          f"(each once), got {structure!r}")
     return kinds
+
+
+def check_structure(structure: str, criterion: str, scopes: Sequence[str], problems: list[Problem],
+                    path: str = "training.compressor.structure") -> None:
+    """Does ``structure`` (``compressor.structure``) fit criterion ``criterion`` with mask ``scopes``?
+    Structures are ranked per layer or globally by aggregated element scores, so a criterion that sets its
+    own density per weight tensor (no ``"layer"`` in its scopes) cannot drive them.  The spelling of
+    ``structure`` itself is checked with the config (:func:`parse_kinds`)."""
+    if structure != "none" and "layer" not in scopes:
+        problems.append(Problem(path, f"'{criterion}' sets its own density per weight tensor, which structures "
+                                "do not follow; valid: 'none'"))
 
 
 @dataclass

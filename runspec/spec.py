@@ -393,24 +393,13 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
         comp.name = compressors.REGISTRY.canonical(comp.name)
         switches.resolve(comp_opts, mode)
         comp.options = to_dict(comp_opts) if comp_opts is not None else comp.options
-        if comp.prunable == "official_names" and (comp.prune_classifier or comp.prune_biases):
-            problems.append(Problem("training.compressor.prunable", "'official_names' is the official code's own "
-                                    "rule and takes no prune_classifier / prune_biases; valid: 'module_type' (or "
-                                    "leave those false)"))
-        if not comp_cls.prunes:
-            comp.sparsity, comp.structure = 0.0, "none"  # the dense baseline ignores the (template) sparsity
+        comp_cls.check_config(comp, problems)  # prunable rule, dense baseline, structure and mask vs scopes
         if comp.ablation != "none" and not getattr(exp_cls, "supports_ablation", True):
             problems.append(Problem("training.compressor.ablation", f"experiment '{cfg.general.experiment}' prunes "
                                     "in several steps, which the one-mask sanity checks do not define; valid: 'none'"))
         if comp.structure != "none" and not getattr(exp_cls, "supports_structure", True):
             problems.append(Problem("training.compressor.structure", f"experiment '{cfg.general.experiment}' prunes "
                                     "in several steps; structured pruning is one-shot; valid: 'none'"))
-        if comp.structure != "none" and "layer" not in comp_cls.scopes:
-            problems.append(Problem("training.compressor.structure", f"'{comp.name}' sets its own density per "
-                                    "weight tensor, which structures do not follow; valid: 'none'"))
-        if comp.mask not in comp_cls.scopes:
-            problems.append(Problem("training.compressor.mask", f"'{comp.name}' sets its own density per layer; "
-                                    f"valid: {', '.join(map(repr, comp_cls.scopes))}"))
     for i, tracker in enumerate(out.general.trackers):
         if importlib.util.find_spec(TRACKER_PACKAGES[tracker]) is None:
             problems.append(Problem(f"general.trackers[{i}]", f"'{tracker}' needs the {TRACKER_PACKAGES[tracker]} "

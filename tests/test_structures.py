@@ -136,6 +136,31 @@ def test_config_errors_name_the_field(make_config):
                                     "training.compressor.options": {}}))
 
 
+def test_the_criterion_and_the_structures_own_their_config_checks():
+    """``Compressor.check_config`` (with ``check_structure``) is what the run specification reports."""
+    import compressors
+    from compressors.structures import check_structure
+    from runspec.config import CompressorConfig
+    from utils.schema import Problem
+
+    problems: list[Problem] = []
+    check_structure("channel", "erk", ("global",), problems)
+    check_structure("none", "erk", ("global",), problems)
+    check_structure("channel", "snip", ("global", "layer"), problems)
+    assert [p.path for p in problems] == ["training.compressor.structure"]
+    assert "'erk' sets its own density per weight tensor" in problems[0].message
+    comp = CompressorConfig(name="erk", mask="layer", structure="channel", prunable="official_names",
+                            prune_biases=True)
+    problems = []
+    compressors.get("erk").check_config(comp, problems)
+    assert [p.path for p in problems] == ["training.compressor.prunable", "training.compressor.structure",
+                                          "training.compressor.mask"]
+    dense = CompressorConfig(name="none", sparsity=0.9, structure="channel")
+    problems = []
+    compressors.get("none").check_config(dense, problems)
+    assert problems == [] and (dense.sparsity, dense.structure) == (0.0, "none")  # the dense baseline's reset
+
+
 def test_structured_run_records_and_exports_a_compact_model(make_config, tmp_path):
     config = make_config("structured", **{"model.class": "vgg11", "model.options": {}, "training.num_steps": 1,
                                           "training.max_batches": 2,
