@@ -134,8 +134,9 @@ def main() -> None:
             prunable="module_type")
     prunable_and_counts(spec.build_model(loaders), 0.9)
     splits = data.get("digits")().load()
-    draws = [set(data.build_loaders(splits, batch_size=32, per_class_samples=10, seed=0,
-                                    mask_sampling="unseeded").mask_indices) for _ in range(2)]
+    unseeded = data.MaskDataSettings(per_class_samples=10, sampling="unseeded")
+    draws = [set(data.build_loaders(splits, data.LoaderSettings(batch_size=32), unseeded, seed=0).mask_indices)
+             for _ in range(2)]
     print(f"\ntwo unseeded mask-data draws (digits, 10 per class) share {len(draws[0] & draws[1])} of "
           f"{len(draws[0])} samples")
     if args.quick:

@@ -1,7 +1,7 @@
 """Datasets: a registry of :class:`data.base.DatasetSource` classes, one module per dataset family.
 
-``data.get(name)`` returns the class; ``data.build_loaders(cfg, compressor_cfg, seed)`` builds the
-train / val / test / mask loaders for a run.
+``data.get(name)`` returns the class; ``data.build_loaders(splits, LoaderSettings(...), MaskDataSettings(...),
+seed=..., placement=Placement(...))`` builds the train / val / test / mask loaders for a run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ discover = REGISTRY.discover
 get = REGISTRY.get
 names = REGISTRY.names
 
-from data.loaders import Loaders, build_loaders, mask_indices, read_index_file  # noqa: E402
+from data.loaders import (  # noqa: E402
+    Loaders,
+    LoaderSettings,
+    MaskDataSettings,
+    Placement,
+    build_loaders,
+    mask_indices,
+    read_index_file,
+)
 
 __all__ = ["REGISTRY", "register", "get", "names", "discover", "DatasetSource", "DataSplits", "Loaders",
-           "build_loaders", "mask_indices", "read_index_file"]
+           "LoaderSettings", "MaskDataSettings", "Placement", "build_loaders", "mask_indices", "read_index_file"]

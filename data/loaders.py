@@ -15,11 +15,15 @@
   augmentation, ``mask_order="reshuffle"`` reshuffles it on every pass (torch's global RNG, which the run
   seeds before scoring), ``mask_sampling="unseeded"`` draws the samples from fresh OS entropy (the rows
   drawn are in ``Loaders.mask_indices``, which the run records).
-- ``loader="classic"`` (default): torch DataLoaders over the dataset's PIL/torchvision pipeline.
-  ``loader="device"``: train / val / test are :class:`data.device_loader.DeviceLoader` objects holding the
+- ``kind="classic"`` (default): torch DataLoaders over the dataset's PIL/torchvision pipeline.
+  ``kind="device"``: train / val / test are :class:`data.device_loader.DeviceLoader` objects holding the
   uint8 images on the training device (same permutation per epoch as the classic loader, augmentation
-  batched on the device); the mask data stays a classic DataLoader, so criteria score the same samples
-  with either loader.
+  batched on the device; no DataLoader is built for them); the mask data stays a classic DataLoader, so
+  criteria score the same samples with either loader.
+
+:func:`build_loaders` takes three typed settings: :class:`LoaderSettings` (the ``dataset`` section),
+:class:`MaskDataSettings` (the mask-data fields of ``training.compressor``) and :class:`Placement` (device,
+rank, world); the run's composition root (:mod:`engine.assemble`) fills them in from the config.
 """
 
 from __future__ import annotations
@@ -191,72 +195,95 @@ def check_mask_indices(indices: list[int], pool: np.ndarray, n_train: int, sourc
     return list(indices)
 
 
-def build_loaders(
-    splits: DataSplits,
-    *,
-    batch_size: int,
-    eval_batch_size: Optional[int] = None,
-    num_workers: int = 0,
-    train4val: bool = False,
-    val_fraction: float = 0.2,
-    mask_batch_size: int = 1,
-    per_class_samples: Optional[int] = 10,
-    mask_index_list: Optional[Sequence[int]] = None,
-    mask_index_source: str = "the mask-index list",
-    seed: int = 0,
-    pin_memory: bool = False,
-    loader: str = "classic",
-    device: Optional[torch.device] = None,
-    dataset_name: str = "this dataset",
-    rank: int = 0,
-    world: int = 1,
-    shuffle: bool = True,
-    mask_transform: str = "eval",
-    mask_order: str = "fixed",
-    mask_sampling: str = "seeded",
-) -> Loaders:
-    """Build the four loaders of a run from a dataset's splits (see the module docstring).
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How the training, validation and test data are served (the run's ``dataset`` section)."""
 
-    ``loader="device"`` needs ``splits.device_data`` (uint8-backed datasets) and puts the data on
-    ``device`` (default: the CPU).  With ``world`` > 1 ranks, ``batch_size`` is the global batch: this
-    rank's training loader yields its ``batch_size / world`` slice of each (validation, test and mask data
-    are not split).
+    batch_size: int                       # the global training batch (split over the ranks)
+    eval_batch_size: Optional[int] = None  # validation / test batches (default: batch_size)
+    num_workers: int = 0
+    train4val: bool = False               # hold out a stratified part of train as validation
+    val_fraction: float = 0.2
+    shuffle: bool = True                  # reshuffle the training set every epoch (seeded)
+    kind: str = "classic"                 # "classic" DataLoaders or "device"-resident tensors
+
+
+@dataclass(frozen=True)
+class MaskDataSettings:
+    """Which training rows are the mask data and how they are shown (the run's ``training.compressor``)."""
+
+    batch_size: int = 1
+    per_class_samples: Optional[int] = 10        # None: every row of the training subset
+    indices: Optional[Sequence[int]] = None      # exactly these rows, in this order (replaces the draw)
+    indices_source: str = "the mask-index list"  # where ``indices`` came from (for messages)
+    transform: str = "eval"                      # "eval" or "train" (the training augmentation)
+    order: str = "fixed"                         # "fixed" or "reshuffle" on every pass
+    sampling: str = "seeded"                     # "seeded" or "unseeded" (fresh OS entropy)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the loaders feed: the training device and this process's rank of ``world``."""
+
+    device: Optional[torch.device] = None  # None: the CPU
+    rank: int = 0
+    world: int = 1
+
+
+def build_loaders(splits: DataSplits, loading: LoaderSettings, mask: MaskDataSettings = MaskDataSettings(), *,
+                  seed: int = 0, placement: Placement = Placement(), name: str = "this dataset") -> Loaders:
+    """Build the four loaders of a run from a dataset's splits (see the module docstring); ``name`` (e.g.
+    "dataset 'digits'") is how messages call the dataset.
+
+    ``loading.kind="device"`` needs ``splits.device_data`` (uint8-backed datasets) and puts train / val / test
+    on ``placement.device`` (no DataLoader is built for them).  With ``world`` > 1 ranks, ``batch_size`` is
+    the global batch: this rank's training loader yields its ``batch_size / world`` slice of each
+    (validation, test and mask data are not split).
     """
+    batch_size, rank, world = loading.batch_size, placement.rank, placement.world
     if batch_size % world:
         raise ValueError(f"dataset.batch_size: the global batch {batch_size} does not split into {world} equal "
                          f"parts; use a multiple of {world}")
-    if loader not in LOADER_KINDS:
-        raise ValueError(f"dataset.loader: invalid value {loader!r}; valid: {', '.join(map(repr, LOADER_KINDS))}")
+    if loading.kind not in LOADER_KINDS:
+        raise ValueError(f"dataset.loader: invalid value {loading.kind!r}; valid: "
+                         f"{', '.join(map(repr, LOADER_KINDS))}")
     targets = np.asarray(splits.train_targets)
-    if train4val:
-        train_idx, val_idx = stratified_split(targets, val_fraction, seed)
-        train_set: Dataset = Subset(splits.train, train_idx.tolist())
-        val_set: Dataset = Subset(splits.train_eval, val_idx.tolist())
+    if loading.train4val:
+        train_idx, val_idx = stratified_split(targets, loading.val_fraction, seed)
     else:
         train_idx = np.arange(len(targets))
-        train_set, val_set = splits.train, splits.test
-    if mask_index_list is not None:
-        mask_idx = check_mask_indices(list(mask_index_list), train_idx, len(targets), mask_index_source)
+    if mask.indices is not None:
+        mask_idx = check_mask_indices(list(mask.indices), train_idx, len(targets), mask.indices_source)
     else:
-        draw = seed if mask_sampling == "seeded" else secrets.randbits(63)  # "unseeded": the official code's
-        mask_idx = mask_indices(targets, per_class_samples, draw, pool=train_idx)
-    eval_bs = eval_batch_size or batch_size
-    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=False)
-    gen = torch.Generator().manual_seed(derive_seed(seed, "workers", 0))
-    sampler = EpochShuffler(len(train_set), seed, global_batch=batch_size, rank=rank, world=world, shuffle=shuffle)
-    train = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, drop_last=False, generator=gen,
-                       **common)
-    val = DataLoader(val_set, batch_size=eval_bs, shuffle=False, **common)
-    test = DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common)
-    mask_source = splits.train if mask_transform == "train" else splits.train_eval
-    mask = DataLoader(Subset(mask_source, mask_idx), batch_size=mask_batch_size, shuffle=mask_order == "reshuffle")
-    if loader == "device":
-        train, val, test = _device_loaders(splits, targets, train_idx, batch_size, eval_bs, train4val, seed,
-                                           device, dataset_name)
-        train.shuffle = shuffle
+        draw = seed if mask.sampling == "seeded" else secrets.randbits(63)  # "unseeded": the official code's
+        mask_idx = mask_indices(targets, mask.per_class_samples, draw, pool=train_idx)
+    eval_bs = loading.eval_batch_size or batch_size
+    mask_source = splits.train if mask.transform == "train" else splits.train_eval
+    mask_loader = DataLoader(Subset(mask_source, mask_idx), batch_size=mask.batch_size,
+                             shuffle=mask.order == "reshuffle")
+    if loading.kind == "device":
+        train, val, test = _device_loaders(splits, targets, train_idx, batch_size, eval_bs, loading.train4val, seed,
+                                           placement.device, name)
+        train.shuffle = loading.shuffle
         train.shard(rank, world)
-    return Loaders(train=train, val=val, test=test, mask=mask, num_classes=splits.num_classes,
-                   input_shape=splits.input_shape, mask_indices=mask_idx, val_is_test=not train4val, seed=seed)
+    else:
+        if loading.train4val:
+            train_set: Dataset = Subset(splits.train, train_idx.tolist())
+            val_set: Dataset = Subset(splits.train_eval, val_idx.tolist())
+        else:
+            train_set, val_set = splits.train, splits.test
+        pin = placement.device is not None and torch.device(placement.device).type == "cuda"
+        common = dict(num_workers=loading.num_workers, pin_memory=pin, persistent_workers=False)
+        gen = torch.Generator().manual_seed(derive_seed(seed, "workers", 0))
+        sampler = EpochShuffler(len(train_set), seed, global_batch=batch_size, rank=rank, world=world,
+                                shuffle=loading.shuffle)
+        train = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, drop_last=False,
+                           generator=gen, **common)
+        val = DataLoader(val_set, batch_size=eval_bs, shuffle=False, **common)
+        test = DataLoader(splits.test, batch_size=eval_bs, shuffle=False, **common)
+    return Loaders(train=train, val=val, test=test, mask=mask_loader, num_classes=splits.num_classes,
+                   input_shape=splits.input_shape, mask_indices=mask_idx, val_is_test=not loading.train4val,
+                   seed=seed)
 
 
 def _device_loaders(splits: DataSplits, targets: np.ndarray, train_idx: np.ndarray, batch_size: int, eval_bs: int,

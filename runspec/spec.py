@@ -233,15 +233,16 @@ class RunSpec:
         seed_everything(cfg.general.seed)
         splits = data.get(ds.name)(root=ds.root, download=ds.download, normalization=ds.normalization,
                                    **ds.options).load()
-        return data.build_loaders(
-            splits, batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size, num_workers=ds.num_workers,
-            train4val=ds.train4val, val_fraction=ds.val_fraction, mask_batch_size=comp.batch_size,
-            per_class_samples=comp.per_class_samples, seed=cfg.general.seed, pin_memory=device.type == "cuda",
-            mask_index_list=data.read_index_file(comp.mask_indices) if comp.mask_indices else None,
-            mask_index_source=comp.mask_indices or "",
-            loader=ds.loader, device=device, dataset_name=f"dataset '{ds.name}'", rank=rank, world=world,
-            shuffle=ds.shuffle, mask_transform=comp.mask_transform, mask_order=comp.mask_order,
-            mask_sampling=comp.mask_sampling)
+        mask = data.MaskDataSettings(
+            batch_size=comp.batch_size, per_class_samples=comp.per_class_samples,
+            indices=data.read_index_file(comp.mask_indices) if comp.mask_indices else None,
+            indices_source=comp.mask_indices or "", transform=comp.mask_transform, order=comp.mask_order,
+            sampling=comp.mask_sampling)
+        loading = data.LoaderSettings(batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size,
+                                      num_workers=ds.num_workers, train4val=ds.train4val,
+                                      val_fraction=ds.val_fraction, shuffle=ds.shuffle, kind=ds.loader)
+        return data.build_loaders(splits, loading, mask, seed=cfg.general.seed,
+                                  placement=data.Placement(device, rank, world), name=f"dataset '{ds.name}'")
 
     def num_classes(self, loaders: data.Loaders) -> int:
         """``model.num_classes``, else the dataset's; a ValueError when the model would have fewer outputs

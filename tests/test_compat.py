@@ -338,9 +338,11 @@ def test_normalisation_constants_and_problems():
 
 def test_mask_data_and_training_order_switches():
     splits = data.get("digits")().load()
-    kw = dict(batch_size=32, mask_batch_size=5, per_class_samples=2, seed=4)
-    paper = data.build_loaders(splits, **kw)
-    official = data.build_loaders(splits, **kw, shuffle=False, mask_transform="train", mask_order="reshuffle")
+    loading, mask = data.LoaderSettings(batch_size=32), data.MaskDataSettings(batch_size=5, per_class_samples=2)
+    paper = data.build_loaders(splits, loading, mask, seed=4)
+    official = data.build_loaders(splits, data.LoaderSettings(batch_size=32, shuffle=False),
+                                  data.MaskDataSettings(batch_size=5, per_class_samples=2, transform="train",
+                                                        order="reshuffle"), seed=4)
     assert paper.mask.dataset.dataset is splits.train_eval and official.mask.dataset.dataset is splits.train
     assert list(official.train.sampler) == list(range(len(splits.train)))
     assert list(paper.train.sampler) != list(range(len(splits.train)))
@@ -349,8 +351,9 @@ def test_mask_data_and_training_order_switches():
     b = torch.cat([y for _, y in official.mask])
     assert sorted(a.tolist()) == sorted(b.tolist()) and not torch.equal(a, b)  # reshuffled every pass
     assert [y for _, y in paper.mask][0].tolist() == [y for _, y in paper.mask][0].tolist()
-    drawn = [data.build_loaders(splits, **kw, mask_sampling="unseeded").mask_indices for _ in range(2)]
-    assert drawn[0] != drawn[1] and data.build_loaders(splits, **kw).mask_indices == paper.mask_indices
+    unseeded = data.MaskDataSettings(batch_size=5, per_class_samples=2, sampling="unseeded")
+    drawn = [data.build_loaders(splits, loading, unseeded, seed=4).mask_indices for _ in range(2)]
+    assert drawn[0] != drawn[1] and data.build_loaders(splits, loading, mask, seed=4).mask_indices == paper.mask_indices
 
 
 def test_kept_count_floor_and_warmup_flag():

@@ -15,7 +15,7 @@ from torchvision.transforms import functional as TF
 
 import data
 from data.device_loader import DeviceLoader, augment_batch
-from data.loaders import EpochShuffler, build_loaders
+from data.loaders import EpochShuffler, LoaderSettings, MaskDataSettings, Placement, build_loaders
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -96,9 +96,11 @@ def test_seeded_epochs_are_reproducible_and_follow_the_classic_order() -> None:
 def test_build_loaders_device_matches_classic_eval_and_split(tmp_path: Path, monkeypatch) -> None:
     write_cifar10(tmp_path, monkeypatch)
     splits = data.get("cifar10")(root=str(tmp_path), download=False).load()
-    kw = dict(batch_size=16, eval_batch_size=32, train4val=True, per_class_samples=2, seed=5, mask_batch_size=4)
-    classic = build_loaders(splits, **kw)
-    dev = build_loaders(splits, loader="device", device=torch.device("cpu"), **kw)
+    loading = LoaderSettings(batch_size=16, eval_batch_size=32, train4val=True)
+    mask = MaskDataSettings(batch_size=4, per_class_samples=2)
+    classic = build_loaders(splits, loading, mask, seed=5)
+    device = LoaderSettings(batch_size=16, eval_batch_size=32, train4val=True, kind="device")
+    dev = build_loaders(splits, device, mask, seed=5, placement=Placement(torch.device("cpu")))
     assert isinstance(dev.train, DeviceLoader) and isinstance(dev.val, DeviceLoader)
     assert len(dev.train.dataset) == len(classic.train.dataset) == 80 and len(dev.val.dataset) == 20
     for a, b in ((classic.val, dev.val), (classic.test, dev.test)):
@@ -112,13 +114,14 @@ def test_build_loaders_device_matches_classic_eval_and_split(tmp_path: Path, mon
     yb = torch.cat([y for _, y in dev.train])
     assert torch.equal(ya, yb)  # same permutation per epoch
     with pytest.raises(ValueError, match="invalid value 'gpu'"):
-        build_loaders(splits, loader="gpu", **kw)
+        build_loaders(splits, LoaderSettings(batch_size=16, kind="gpu"), mask, seed=5)
 
 
 def test_device_loader_on_a_dataset_without_uint8_data_is_a_clear_error() -> None:
     splits = data.get("digits")().load()
     with pytest.raises(ValueError, match="dataset.loader 'device' is not supported by dataset 'digits'"):
-        build_loaders(splits, batch_size=32, per_class_samples=2, loader="device", dataset_name="dataset 'digits'")
+        build_loaders(splits, LoaderSettings(batch_size=32, kind="device"), MaskDataSettings(per_class_samples=2),
+                      name="dataset 'digits'")
 
 
 def _config(dataset: dict, model: dict, **training) -> dict:
@@ -170,9 +173,29 @@ def test_validate_builds_the_model_with_the_dataset_shape(tmp_path: Path, capsys
 def test_imagefolder_device_loader_materialises_once(tmp_path: Path) -> None:
     write_image_tree(tmp_path / "f", splits=("train", "test"), size=(8, 8), per_class=4)
     splits = data.get("imagefolder")(root=str(tmp_path), path="f", image_size=8, padding=1).load()
-    loaders = build_loaders(splits, batch_size=5, per_class_samples=1, loader="device")
+    loaders = build_loaders(splits, LoaderSettings(batch_size=5, kind="device"), MaskDataSettings(per_class_samples=1))
     assert len(list(loaders.train)) == 3 and sum(len(y) for _, y in loaders.test) == 12
     assert len(list((tmp_path / "f" / ".pai_cache").glob("uint8-*.npz"))) == 2
     xs = torch.cat([x for x, _ in loaders.test])
     ref = torch.stack([splits.test[i][0] for i in range(12)])
     assert torch.allclose(xs, ref, atol=1e-6)
+
+
+def test_the_device_loader_builds_no_dataloader_but_the_mask_datas(tmp_path: Path, monkeypatch) -> None:
+    import data.loaders as loaders_module
+
+    write_image_tree(tmp_path / "f", splits=("train", "test"), size=(8, 8), per_class=4)
+    splits = data.get("imagefolder")(root=str(tmp_path), path="f", image_size=8, padding=1).load()
+    built = []
+
+    class Counting(loaders_module.DataLoader):
+        def __init__(self, dataset, *args, **kwargs) -> None:
+            built.append(dataset)
+            super().__init__(dataset, *args, **kwargs)
+
+    monkeypatch.setattr(loaders_module, "DataLoader", Counting)
+    mask = MaskDataSettings(per_class_samples=1)
+    dev = build_loaders(splits, LoaderSettings(batch_size=5, kind="device"), mask)
+    assert len(built) == 1 and built[0] is dev.mask.dataset
+    classic = build_loaders(splits, LoaderSettings(batch_size=5), mask)
+    assert len(built) == 5 and classic.mask_indices == dev.mask_indices
