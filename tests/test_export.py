@@ -89,21 +89,6 @@ def test_torch_prune_round_trip_into_a_plain_model(tiny_run, tmp_path: Path, cap
     assert sorted(manifest["pruned_parameters"]) == sorted(masks)
 
 
-def test_the_readme_snippet_loads_a_torch_prune_export(tiny_run, tmp_path: Path, monkeypatch) -> None:
-    _, _, run_dir = tiny_run
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Export"):readme.index("\n## ", readme.index("## Export") + 1)]
-    code = re.search(r"```python\n(# load an exported torch-prune state dict.*?)```", section, re.S)
-    assert code, "the README lost its torch-prune snippet"
-    export.export_run(run_dir, "torch-prune", tmp_path / "exported")
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code.group(1), "README.md", "exec"), namespace)  # noqa: S102 - the README's own snippet
-    x = torch.randn(8, 1, 8, 8)
-    with torch.no_grad():
-        assert torch.equal(namespace["model"](x), trained(run_dir)(x))
-
-
 def test_sparse_round_trip_is_exact_and_smaller(tiny_run, tmp_path: Path) -> None:
     _, _, run_dir = tiny_run
     manifest = export.export_run(run_dir, "sparse", tmp_path / "sp")
