@@ -5,7 +5,7 @@ the state dict holds ``<module>.weight_orig`` (the trained values) and ``<module
 1.0 = kept, in the parameter's dtype) instead of ``<module>.weight``; every other entry is as in
 ``final_model.pt``.  The file is made by applying ``prune.custom_from_mask`` to the trained network and
 taking its ``state_dict()``, so the layout is torch's own.  A plain model of the same architecture takes it
-after ``prune.identity(module, name)`` on those modules (README, "Export"), and then computes what the
+after ``prune.identity(module, name)`` on those modules (docs/export.md), and then computes what the
 masked network computes: torch's pruning hook recomputes ``weight = weight_orig * weight_mask``.
 """
 

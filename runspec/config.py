@@ -41,7 +41,8 @@ class GeneralConfig:
     deterministic: bool = option(False, "torch.use_deterministic_algorithms(True) (slower on GPU)")
     compat: Literal["paper", "official"] = option(
         "paper", "'paper': the methods' papers (this project's corrected behaviour); 'official': every behaviour of "
-                 "the official second-order PaI code at once (README 'Differences from the official code'); each "
+                 "the official second-order PaI code at once (docs/reproducing.md, 'Differences from the official "
+                 "code'); each "
                  "switch left null follows it, and the resolved config records the concrete values",
         identity=False)
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = option(
