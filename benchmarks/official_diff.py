@@ -26,7 +26,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compressors  # noqa: E402
 import data  # noqa: E402
+from engine.assemble import build_criterion, build_loaders, initial_model, prunable_names  # noqa: E402
 from runspec import RunSpec  # noqa: E402
 
 
@@ -49,8 +49,8 @@ def spec_for(mode: str, dataset: str, model: str, criterion: str, sparsity: floa
 
 def masks_of(spec: RunSpec, model: nn.Module, batches, sparsity: float):
     comp = spec.config.training.compressor
-    names = spec.prunable_names(model)
-    scores = spec.build_criterion().score(model, batches, nn.CrossEntropyLoss(), params=names, sparsity=sparsity)
+    names = prunable_names(comp, model)
+    scores = build_criterion(comp).score(model, batches, nn.CrossEntropyLoss(), params=names, sparsity=sparsity)
     return scores, compressors.select(scores, sparsity, comp.mask, kept=comp.kept_count)
 
 
@@ -125,14 +125,15 @@ def main() -> None:
 
     # digits: the bundled dataset, the paper's mask data (10 per class, batch 1)
     spec = spec_for("paper", "digits", "digits_cnn", "grasp", 0.9, args.rounds)
-    loaders = spec.build_loaders(torch.device("cpu"))
+    loaders = build_loaders(spec.config, torch.device("cpu"))
+    digits = (loaders.num_classes, loaders.input_shape)
     batches = list(loaders.mask)
     # digits_cnn is no model of the official code and its parameter names are indices ("1.weight" is a BN
     # scale), so the official name rule would prune its BN scales and classifier: both sides prune by type
     compare("digits, digits_cnn, 100 mask samples (batch 1); both sides prune Conv weights (prunable: module_type)",
-            "digits", "digits_cnn", lambda s: s.build_model(loaders), batches, (0.9, 0.98), args.rounds,
+            "digits", "digits_cnn", lambda s: initial_model(s.config, *digits), batches, (0.9, 0.98), args.rounds,
             prunable="module_type")
-    prunable_and_counts(spec.build_model(loaders), 0.9)
+    prunable_and_counts(initial_model(spec.config, *digits), 0.9)
     splits = data.get("digits")().load()
     unseeded = data.MaskDataSettings(per_class_samples=10, sampling="unseeded")
     draws = [set(data.build_loaders(splits, data.LoaderSettings(batch_size=32), unseeded, seed=0).mask_indices)
@@ -147,10 +148,10 @@ def main() -> None:
     x = torch.randn(n, 3, 32, 32, generator=gen)
     y = torch.arange(n) % 10
     batches = [(x[i:i + 1], y[i:i + 1]) for i in range(n)]
-    shape = SimpleNamespace(num_classes=10, input_shape=(3, 32, 32))
+    shape = (10, (3, 32, 32))
     compare(f"ResNet18, {n} random CIFAR-sized mask samples (batch 1)", "cifar10", "resnet18",
-            lambda s: s.build_model(shape), batches, (0.9, 0.98), args.resnet_rounds)
-    prunable_and_counts(spec_for("paper", "cifar10", "resnet18", "grasp", 0.9, 1).build_model(shape), 0.9)
+            lambda s: initial_model(s.config, *shape), batches, (0.9, 0.98), args.resnet_rounds)
+    prunable_and_counts(initial_model(spec_for("paper", "cifar10", "resnet18", "grasp", 0.9, 1).config, *shape), 0.9)
 
 
 if __name__ == "__main__":

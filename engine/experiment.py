@@ -5,11 +5,13 @@ An experiment is one registered class in ``trainers/`` that declares its options
     @register("pbt")
     class PruneBeforeTraining(Experiment):
         def stages(self, run):
-            n = self.cfg.training.num_steps
-            return [Warmup(), Prune(self.cfg.training.compressor.sparsity), Train(until=n, track_best=True)]
+            comp = self.cfg.training.compressor
+            return [Warmup(comp.warmup, comp.warmup_mode), Prune(PruneSettings.of(comp)),
+                    Train(until=self.cfg.training.num_steps, track_best=True)]
 
-:func:`execute` builds the run, resumes it from its checkpoint when there is one, runs the remaining
-stages (checkpointing after the expensive ones and after every epoch) and tests the result.
+:func:`execute` puts the run together (:func:`engine.assemble.assemble`), resumes it from its checkpoint
+when there is one, runs the remaining stages (checkpointing after the expensive ones and, through the
+end-of-epoch hooks, after every epoch) and tests the result (:func:`engine.finish.finish`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, ClassVar
 
-from engine.run import EpochCallback, Run
+from engine.assemble import assemble
+from engine.checkpoint import restore_run, save_run
+from engine.finish import finish
+from engine.hooks import EpochCallback, Hook
+from engine.run import Run
 from engine.stages import Stage, Train
+from engine.trackers import close_trackers, start_trackers
 from runspec import RunSpec
 from runspec.config import ExperimentConfig
 from runspec.folder import RunFolder
@@ -31,6 +38,7 @@ class Experiment:
     - ``Options``: a dataclass of the experiment's own options, read from ``training.<section>``;
     - ``check_config(cfg, options, problems)``: cross-field checks, reported by ``validate``;
     - ``stages(run)``: the pipeline, built after the run's objects exist (it may read ``run``);
+    - ``hooks(run, default)``: the end-of-epoch hooks (:mod:`engine.hooks`), ``default`` or an extension of it;
     - ``results(run)``: what the experiment adds to ``results.json``.
     """
 
@@ -49,6 +57,10 @@ class Experiment:
     def stages(self, run: Run) -> list[Stage]:  # pragma: no cover - abstract
         raise NotImplementedError("abstract: experiments implement stages()")
 
+    def hooks(self, run: Run, default: list[Hook]) -> list[Hook]:
+        """The hooks run after every training epoch, in order (see :mod:`engine.hooks`); ``default`` unchanged."""
+        return default
+
     def results(self, run: Run) -> dict[str, Any]:
         return {}
 
@@ -57,15 +69,14 @@ def execute(spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = pr
             on_epoch_end: EpochCallback | None = None, resume: bool = True) -> dict[str, Any]:
     """Run (or resume) the experiment of ``spec`` in ``folder``; returns the results."""
     experiment = spec.experiment(spec)
-    run = Run(spec, folder, log=log, on_epoch_end=on_epoch_end)
-    run.setup()
+    run = assemble(spec, folder, log=log, on_epoch_end=on_epoch_end, experiment=experiment)
     stages = experiment.stages(run)
     run.total_epochs = math.ceil(max((s.until for s in stages if isinstance(s, Train)), default=0))
-    if resume and run.restore():
+    if resume and restore_run(run):
         where = stages[run.state.stage].describe() if run.state.stage < len(stages) else "the end"
         log(f"  resuming at stage {run.state.stage + 1}/{len(stages)} ({where}), after {run.state.step} "
             f"training steps")
-    run.start_trackers()
+    start_trackers(run)
     run.beat("start")
     try:
         while run.state.stage < len(stages):
@@ -73,7 +84,7 @@ def execute(spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = pr
             stage.run(run)
             run.state.stage += 1
             if stage.checkpoint_after:
-                run.checkpoint()
-        return run.finish(experiment.results(run))
+                save_run(run)
+        return finish(run, experiment.results(run))
     finally:
-        run.close_trackers()
+        close_trackers(run)

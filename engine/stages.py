@@ -1,4 +1,6 @@
-"""The stages an experiment is declared from.  Each acts on a :class:`engine.run.Run`.
+"""The stages an experiment is declared from.  Each acts on a :class:`engine.run.Run` and takes its settings
+as arguments (none reads the config): ``Warmup(passes, mode)``, ``Prune(PruneSettings)``, ``Train(until, ...)``,
+``Snapshot``, ``Rewind``, ``Call``.
 
 A stage is re-run from its start when a run resumes from a checkpoint taken before it, so every stage
 is a deterministic function of the checkpointed state.  ``checkpoint_after`` says whether the engine
@@ -8,6 +10,7 @@ writes a checkpoint when the stage is done (stages that are expensive to redo: s
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -15,8 +18,9 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from compressors import select_remaining, shuffle_within_layers
-from engine.loop import bn_warmup
+from engine.hooks import end_epoch
+from engine.loop import bn_warmup, train_epoch
+from engine.pruning import PruneSettings, prune
 from engine.run import Run, state_to_cpu
 
 
@@ -34,14 +38,15 @@ class Stage:
 
 @dataclass
 class Warmup(Stage):
-    """``training.compressor.warmup`` BN-statistics passes over the training data (no weight changes);
-    with ``compressor.warmup_mode: "flag"`` (the official code) one pass for any warmup > 0."""
+    """``passes`` BN-statistics passes over the training data (no weight changes; ``compressor.warmup``);
+    with ``mode="flag"`` (``compressor.warmup_mode``, the official code) one pass for any ``passes`` > 0."""
 
+    passes: int
+    mode: str = "passes"
     checkpoint_after: ClassVar[bool] = False
 
     def run(self, run: Run) -> None:
-        comp = run.cfg.training.compressor
-        passes = min(comp.warmup, 1) if comp.warmup_mode == "flag" else comp.warmup
+        passes = min(self.passes, 1) if self.mode == "flag" else self.passes
         tic = time.perf_counter()
         if passes > 0:
             run.loaders.set_epoch(-1)
@@ -52,63 +57,23 @@ class Warmup(Stage):
 @dataclass
 class Prune(Stage):
     """Score the remaining weights with the run's criterion (through the score cache) and keep the best
-    ``1 - sparsity`` of all prunable weights, globally or per layer (``compressor.mask``); weights pruned
-    before never come back.  The dense baseline (a criterion that prunes nothing) keeps every weight.
-    ``compressor.ablation`` applies one of Frankle et al.'s sanity checks to this mask (invert / shuffle /
-    reinit)."""
+    ``1 - settings.sparsity`` of all prunable weights, globally or per layer; weights pruned before never come
+    back; ``settings.ablation`` applies a sanity check to this mask (:func:`engine.pruning.prune`).  ``seed``:
+    the parts the scoring seed derives from, with the run seed."""
 
-    sparsity: float
+    settings: PruneSettings
     seed: tuple[Any, ...] = ("scoring",)
 
-    def run(self, run: Run) -> None:
-        if not run.criterion.prunes:
-            return
-        scores = run.score(self.sparsity, self.seed)
-        ablation = run.cfg.training.compressor.ablation
-        if ablation == "invert":  # keep the lowest scores
-            scores = {n: -s for n, s in scores.items()}
-        if run.structures is not None:
-            masks = self.structured(run, scores, ablation)
-        else:
-            comp = run.cfg.training.compressor
-            masks = select_remaining(scores, run.masks, self.sparsity, comp.mask, kept=comp.kept_count)
-            if ablation == "shuffle":
-                masks = shuffle_within_layers(masks, run.ablation_generator())
-        run.set_masks(masks)
-        if ablation == "reinit":
-            run.reinitialise_kept()
-        run.verify_masks()
-        run.folder.save_mask(run.masks)
-        p = run.state.pruning
-        run.log(f"  pruned with {run.criterion.name} to sparsity {1 - run.density():.4f} of "
-                f"{sum(m.numel() for m in run.masks.values()):,} prunable weights (warmup {p['warmup_seconds']:.1f}s, "
-                f"scoring {p['scoring_seconds']:.1f}s, score cache {p['score_cache']})")
+    def __post_init__(self) -> None:
+        if not isinstance(self.settings, PruneSettings):
+            raise TypeError(f"Prune takes PruneSettings, got {self.settings!r}: e.g. Prune(PruneSettings.of("
+                            "self.cfg.training.compressor)), and .at(sparsity) for another target")
 
-    def structured(self, run: Run, scores: dict[str, torch.Tensor], ablation: str) -> dict[str, torch.Tensor]:
-        """``compressor.structure``: remove the fraction ``sparsity`` of the structures (compressors.structures),
-        their scores aggregated from the element scores; the masks reach every weight a removed structure
-        owns (BN channels, biases, the next layers' input columns).  "shuffle" permutes the kept structures
-        within each layer."""
-        comp, structures = run.cfg.training.compressor, run.structures
-        keep, record = structures.select(structures.structure_scores(scores, comp.aggregate, comp.structure_norm),
-                                         self.sparsity, comp.mask)
-        if ablation == "shuffle":
-            keep = structures.shuffle(keep, run.ablation_generator())
-        params = dict(run.model.named_parameters())
-        masks = {**{n: torch.ones_like(m) for n, m in run.masks.items()}, **structures.masks(keep, params)}
-        removed = int(sum(m.numel() - int(torch.count_nonzero(m)) for m in masks.values()))
-        total = sum(p.numel() for p in params.values())
-        record.update(aggregate=comp.aggregate, structure_norm=comp.structure_norm, removed_parameters=removed,
-                      parameter_sparsity=removed / total if total else 0.0)
-        run.state.pruning["structures"] = record
-        run.log(f"  structured ({comp.structure}): kept {record['structures_kept']:,} of "
-                f"{record['structures_total']:,} structures, {removed:,} of {total:,} parameters removed"
-                + (f"; one structure kept in {len(record['rescued_layers'])} emptied layers"
-                   if record["rescued_layers"] else ""))
-        return masks
+    def run(self, run: Run) -> None:
+        prune(run, self.settings, self.seed)
 
     def describe(self) -> str:
-        return f"prune to sparsity {self.sparsity:g}"
+        return f"prune to sparsity {self.settings.sparsity:g}"
 
 
 @dataclass
@@ -120,7 +85,8 @@ class Train(Stage):
     this stage's whole epochs) at ``learning_rate`` (default: the config's); otherwise go on with the
     current ones.  Validation runs every ``validation.frequency`` epochs counted from epoch
     ``epochs_from`` (default: where the stage starts) and, with ``validate_last``, after its last epoch;
-    ``track_best`` keeps the best-validation model.  ``label`` is the ``stage`` column of its history rows."""
+    ``track_best`` keeps the best-validation model.  ``label`` is the ``stage`` column of its history rows.
+    After every epoch the run's hooks run (:func:`engine.hooks.end_epoch`: validation, history, checkpoint ...)."""
 
     until: float
     new_optimizer: bool = True
@@ -140,19 +106,37 @@ class Train(Stage):
                 run.new_optimizer(epochs, self.learning_rate)
         end = st.train["end"]
         first_epoch = st.train["start"] // per_epoch if self.epochs_from is None else self.epochs_from
-        freq = run.cfg.validation.frequency
+        freq = run.settings.frequency
         while st.step < end:
             epoch, offset = divmod(st.step, per_epoch)
             count = min(per_epoch - offset, end - st.step)
-            run.train_batches(epoch, offset, count)
+            train_batches(run, epoch, offset, count, last_epoch=-(-end // per_epoch))
             if offset + count == per_epoch:
                 last = st.step == end
-                run.end_epoch(epoch, validate=(epoch + 1 - first_epoch) % freq == 0 or (last and self.validate_last),
-                              track_best=self.track_best, label=self.label)
+                end_epoch(run, epoch, validate=(epoch + 1 - first_epoch) % freq == 0 or (last and self.validate_last),
+                          track_best=self.track_best, label=self.label)
         st.train = None
 
     def describe(self) -> str:
         return f"train until epoch {self.until:g}"
+
+
+def train_batches(run: Run, epoch: int, offset: int, count: int, last_epoch: int) -> None:
+    """Train on batches ``offset .. offset + count - 1`` of data epoch ``epoch`` (of a stage ending in epoch
+    ``last_epoch``), adding to the epoch's running sums."""
+    partial = run.state.partial
+    if not partial:
+        partial.update(lr=run.optimizer.param_groups[0]["lr"], loss=0.0, correct=0.0, samples=0, seconds=0.0)
+    run.loaders.set_epoch(epoch, start_batch=offset)
+    batches = itertools.islice(run.loaders.train, count)
+    stats = train_epoch(run.train_model, batches, run.loss_fn, run.optimizer, run.device, run.enforcer,
+                        run.settings.grad_clip, desc=f"epoch {epoch + 1}/{last_epoch}", scaler=run.scaler,
+                        total=count, **run.loop_options)
+    partial["loss"] += stats.loss * stats.samples
+    partial["correct"] += stats.acc * stats.samples
+    partial["samples"] += stats.samples
+    partial["seconds"] += stats.seconds
+    run.state.step += count
 
 
 @dataclass

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.run import Run
+    from runspec import RunSpec
 
 
 def flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -120,3 +124,29 @@ def open_trackers(names: list[str], folder: Path, *, store: Path, first_epoch: i
         elif tracker == "mlflow":
             out.append(MLflow(store, name, hparams))
     return out
+
+
+def hparams(spec: RunSpec) -> dict[str, Any]:
+    """A run's settings for trackers: the main choices and every non-default value (flattened)."""
+    cfg, comp = spec.config, spec.config.training.compressor
+    main = {"experiment": cfg.general.experiment, "dataset": cfg.dataset.name, "model": cfg.model.name,
+            "criterion": comp.name, "sparsity": comp.sparsity, "mask": comp.mask, "seed": cfg.general.seed}
+    return {**flat_scalars(spec.identity()), **main}
+
+
+def start_trackers(run: Run) -> None:
+    """Open the run's ``general.trackers`` (after a resume: dropping what was logged past the checkpoint) on
+    rank 0, as ``run.trackers``."""
+    if not run.rank.main:
+        return
+    spec, general = run.spec, run.spec.config.general
+    root = run.folder.cache_dir.parent if run.folder.cache_dir is not None else run.folder.path
+    run.trackers = open_trackers(general.trackers, run.folder.path, store=root / "mlruns",
+                                 first_epoch=len(run.state.history), name=general.id or spec.hash(),
+                                 run_id=spec.hash(), config=spec.to_dict(), hparams=hparams(spec))
+
+
+def close_trackers(run: Run) -> None:
+    for tracker in run.trackers:
+        tracker.close()
+    run.trackers = []

@@ -25,7 +25,6 @@ from engine import execute
 from runspec import RunSpec
 from runspec.folder import Files, RunFolder, StatusRecord, batch_record_path, invalid_dir
 from utils import distributed
-from utils.environment import environment
 from utils.io import json_files, write_json
 from utils.locks import RunBusy, run_lock
 from utils.schema import ConfigError, Problem
@@ -175,9 +174,7 @@ def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutco
     status = StatusRecord.from_json(folder.status()) or StatusRecord()
     resuming = any(folder.file(f).exists() for f in (Files.CHECKPOINT, Files.CHECKPOINT_PREV))
     try:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        folder.write(Files.CONFIG, spec.to_dict())
-        folder.write(Files.ENVIRONMENT, environment(spec.device()))
+        folder.path.mkdir(parents=True, exist_ok=True)  # config.json and environment.json: engine.assemble
         folder.set_status("running", config_file=str(path), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                           attempts=status.attempts + 1, resumed=resuming, log=os.environ.get(TASK_LOG))
         log(f"[{path}] -> {folder.path}" + (" (resuming)" if resuming else ""))

@@ -1,9 +1,14 @@
 """The run specification: one object that is loaded from a config file, checks itself, knows its
-identity and builds what a run needs (open_lth's ``desc.py`` above our registries).
+identity and its run folder (open_lth's ``desc.py`` above our registries).
 
     spec = RunSpec.load("exp_configs/quickstart/snip.json")   # ConfigError lists every problem
     spec.run_dir("results")                                   # results/pbt/digits/digits_cnn/snip/0.9/seed_0-<hash>
-    loaders = spec.build_loaders(device); model = spec.build_model(loaders); ...
+    run = engine.assemble(spec, spec.folder("results"))       # the live objects of the run (engine/assemble.py)
+
+The run's objects (loaders, model, criterion, optimizer, ...) are built in one place, the composition root
+:func:`engine.assemble.assemble`; ``validate`` only tries :func:`models.build` and :func:`compressors.build`
+here (:meth:`RunSpec.build_problems`).  Each registry owns its cross-field checks (the criterion class:
+:meth:`compressors.Compressor.check_config`; the experiment class: ``check_config``); :func:`_resolve` calls them.
 
 Identity: the run hash is the SHA-256 of the config's *non-default* values (:func:`utils.schema.nondefault`
 over the config, the dataset's, the criterion's and the experiment's options; fields marked
@@ -22,14 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import compressors
 import data
 import models
 from runspec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_config_file
 from runspec.folder import RunFolder
-from runspec.training import build_optimizer, build_scheduler
 from utils import switches
 from utils.naming import slug
 from utils.registry import Registry, UnknownName
@@ -43,7 +46,6 @@ from utils.schema import (
     parse_collect,
     to_dict,
 )
-from utils.seeding import seed_everything
 
 # Experiments (trainers/) register here: the specification needs their options, the trainers need the spec.
 EXPERIMENTS: Registry[type] = Registry("experiment", plugins="trainers")
@@ -136,7 +138,7 @@ class RunSpec:
                 problems.append(Problem("training.compressor.mask_indices", str(exc)))
         if criterion:
             try:  # e.g. autosparse loads its predictor file here
-                self.build_criterion()
+                compressors.build(cfg.training.compressor.name, **cfg.training.compressor.options)
             except Exception as exc:  # noqa: BLE001 - any build error is a config problem
                 problems.append(Problem("training.compressor.options",
                                         f"cannot build criterion '{cfg.training.compressor.name}': {exc}"))
@@ -217,7 +219,7 @@ class RunSpec:
         """The run folder under ``root``, with the root's shared score cache."""
         return RunFolder.under(root, self.run_path())
 
-    # --------------------------------------------------------------------------- building
+    # ---------------------------------------------------------------------------- device
     def device(self) -> torch.device:
         """``cuda:<gpu_id>`` when GPUs are requested and available, else the CPU.  A launcher that gives a
         worker one GPU (``CUDA_VISIBLE_DEVICES``) sets ``PAI_CUDA_INDEX`` to the index to use instead."""
@@ -225,62 +227,6 @@ class RunSpec:
         if gpu.ngpus > 0 and torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("PAI_CUDA_INDEX", gpu.gpu_id)))
         return torch.device("cpu")
-
-    def build_loaders(self, device: torch.device, rank: int = 0, world: int = 1) -> data.Loaders:
-        """Train / val / test / mask loaders (the training batches split over ``world`` ranks); seeds every
-        RNG with the run seed first."""
-        cfg, ds, comp = self.config, self.config.dataset, self.config.training.compressor
-        seed_everything(cfg.general.seed)
-        splits = data.get(ds.name)(root=ds.root, download=ds.download, normalization=ds.normalization,
-                                   **ds.options).load()
-        mask = data.MaskDataSettings(
-            batch_size=comp.batch_size, per_class_samples=comp.per_class_samples,
-            indices=data.read_index_file(comp.mask_indices) if comp.mask_indices else None,
-            indices_source=comp.mask_indices or "", transform=comp.mask_transform, order=comp.mask_order,
-            sampling=comp.mask_sampling)
-        loading = data.LoaderSettings(batch_size=ds.batch_size, eval_batch_size=ds.eval_batch_size,
-                                      num_workers=ds.num_workers, train4val=ds.train4val,
-                                      val_fraction=ds.val_fraction, shuffle=ds.shuffle, kind=ds.loader)
-        return data.build_loaders(splits, loading, mask, seed=cfg.general.seed,
-                                  placement=data.Placement(device, rank, world), name=f"dataset '{ds.name}'")
-
-    def num_classes(self, loaders: data.Loaders) -> int:
-        """``model.num_classes``, else the dataset's; a ValueError when the model would have fewer outputs
-        than the data has classes (known here, from the loaded data, for datasets such as imagefolder)."""
-        given = self.config.model.num_classes
-        problem = class_count_problem(given, loaders.num_classes, self.config.dataset.name)
-        if problem:
-            raise ValueError(f"model.num_classes: {problem}")
-        return given or loaders.num_classes
-
-    def build_model(self, loaders: data.Loaders) -> nn.Module:
-        """The network at initialisation, built right after seeding torch with the raw run seed S (as the
-        official code's ``torch.manual_seed(S)`` before building): seed S gives the official seed-S network."""
-        cfg = self.config
-        seed_everything(cfg.general.seed)
-        return models.build(cfg.model.name, num_classes=self.num_classes(loaders), input_shape=loaders.input_shape,
-                            **cfg.model.options)
-
-    def prunable_names(self, model: nn.Module) -> list[str]:
-        """The prunable parameters of ``model`` under ``training.compressor.prunable`` and its options."""
-        comp = self.config.training.compressor
-        if comp.prunable == "official_names":
-            return compressors.prunable_names(model, rule="official_names")
-        return compressors.prunable_names(model, include_classifier=comp.prune_classifier,
-                                          include_biases=comp.prune_biases)
-
-    def build_criterion(self) -> compressors.Compressor:
-        comp = self.config.training.compressor
-        return compressors.build(comp.name, **comp.options)
-
-    def build_loss(self) -> nn.Module:
-        return nn.CrossEntropyLoss(label_smoothing=self.config.training.criterion.kwargs.label_smoothing)
-
-    def build_optimizer(self, model: nn.Module, learning_rate: float | None = None) -> torch.optim.Optimizer:
-        return build_optimizer(model, self.config.training.optimizer, learning_rate)
-
-    def build_scheduler(self, optimizer: torch.optim.Optimizer, epochs: int):
-        return build_scheduler(optimizer, self.config.training.optimizer, epochs)
 
 
 # ---------------------------------------------------------------------------------------- helpers

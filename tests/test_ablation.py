@@ -1,4 +1,4 @@
-"""Sanity ablations of Frankle et al. (ICLR 2021), `training.compressor.ablation` (engine/stages.py Prune):
+"""Sanity ablations of Frankle et al. (ICLR 2021), `training.compressor.ablation` (engine/pruning.py):
 invert keeps the lowest scores, shuffle keeps each layer's density at random places, reinit re-draws the
 kept weights; all seeded from the run seed and part of the run's identity."""
 
@@ -27,8 +27,11 @@ def _run(make_config, tmp_path: Path, ablation: str) -> Path:
 
 
 def _init_weights(make_config) -> dict[str, torch.Tensor]:
-    spec = RunSpec.load(make_config("init", **BASE))
-    model = spec.build_model(spec.build_loaders(torch.device("cpu")))
+    from engine.assemble import build_loaders, initial_model
+
+    cfg = RunSpec.load(make_config("init", **BASE)).config
+    loaders = build_loaders(cfg, torch.device("cpu"))
+    model = initial_model(cfg, loaders.num_classes, loaders.input_shape)
     return {n: p.detach() for n, p in model.named_parameters()}
 
 
@@ -58,15 +61,15 @@ def test_reinit_keeps_the_mask_and_the_pruned_weights_at_zero(make_config, tmp_p
 
 
 def test_reinit_changes_the_network_that_trains(make_config, tmp_path: Path) -> None:
-    from engine.run import Run
+    from engine.assemble import assemble
+    from engine.pruning import reinitialise_kept
 
     spec = RunSpec.load(make_config("r", **BASE, **{"training.compressor.ablation": "reinit"}))
-    run = Run(spec, spec.folder(tmp_path), log=lambda s: None)
-    run.setup()
+    run = assemble(spec, spec.folder(tmp_path), log=lambda s: None)
     before = {n: p.detach().clone() for n, p in run.model.named_parameters()}
     masks = compressors.select({n: before[n].abs() for n in run.masks}, 0.8, "global")
     run.set_masks(masks)
-    run.reinitialise_kept()
+    reinitialise_kept(run)
     for n, m in masks.items():
         w = dict(run.model.named_parameters())[n].detach()
         kept = m.bool()

@@ -17,6 +17,7 @@ from torch import nn
 
 import compressors
 import data
+from engine.assemble import build_criterion, initial_model, prunable_names
 from runspec import RunSpec
 from utils import switches
 from utils.schema import ConfigError
@@ -181,8 +182,8 @@ def official_spec(criterion: str, mask: str = "global", **options) -> RunSpec:
 def project(criterion: str, model, batches, mask: str = "global", **options):
     spec = official_spec(criterion, mask, **options)
     comp = spec.config.training.compressor
-    names = spec.prunable_names(model)
-    scores = spec.build_criterion().score(model, batches, nn.CrossEntropyLoss(), params=names, sparsity=SPARSITY)
+    names = prunable_names(comp, model)
+    scores = build_criterion(comp).score(model, batches, nn.CrossEntropyLoss(), params=names, sparsity=SPARSITY)
     return scores, compressors.select(scores, SPARSITY, comp.mask, kept=comp.kept_count)
 
 
@@ -217,7 +218,7 @@ def test_official_synflow_masks_and_schedule():
     total = sum(m.numel() for m in masks.values())
     assert kept == int((1 - SPARSITY) * total)
     # round one keeps 1 - 0.9^(1/20) of the weights; the paper's schedule keeps 0.1^(1/20) instead
-    crit = official_spec("synflow", rounds=20).build_criterion()
+    crit = build_criterion(official_spec("synflow", rounds=20).config.training.compressor)
     assert crit.schedule(SPARSITY)[0] == pytest.approx(SPARSITY ** (1 / 20))
     assert compressors.build("synflow", rounds=20).schedule(SPARSITY)[0] == pytest.approx(1 - 0.1 ** (1 / 20))
     # and the paper's variant gives another mask here
@@ -369,12 +370,12 @@ def test_kept_count_floor_and_warmup_flag():
     original = stages.bn_warmup
     stages.bn_warmup = lambda model, loader, passes, device: calls.append(passes)
     try:
-        run = SimpleNamespace(cfg=spec.config, loaders=SimpleNamespace(set_epoch=lambda e: None), model=None,
+        run = SimpleNamespace(loaders=SimpleNamespace(set_epoch=lambda e: None), model=None,
                               capped=lambda x: x, device="cpu", state=SimpleNamespace(pruning={"warmup_seconds": 0}))
         run.loaders.train = []
-        Warmup().run(run)
-        comp.warmup_mode = "passes"
-        Warmup().run(run)
+        assert comp.warmup_mode == "flag"
+        Warmup(comp.warmup, comp.warmup_mode).run(run)
+        Warmup(comp.warmup, "passes").run(run)
     finally:
         stages.bn_warmup = original
     assert calls == [1, 5]
@@ -450,7 +451,7 @@ def test_seed_builds_the_official_network(name):
     torch.manual_seed(seed)
     official = make()
     spec = RunSpec.from_dict({"general": {"seed": seed}, "model": {"class": name}})
-    ours = spec.build_model(SimpleNamespace(num_classes=classes, input_shape=shape))
+    ours = initial_model(spec.config, classes, shape)
     theirs = list(official.parameters())
     mine = list(ours.parameters())
     assert len(mine) == len(theirs)
@@ -465,7 +466,7 @@ def test_seed_pins_parameter_values():
     """A few values of the seed-0 networks (torch's CPU generator): a change of init order or seeding
     shows here."""
     spec = RunSpec.from_dict({"general": {"seed": 0}, "model": {"class": "resnet18"}})
-    model = spec.build_model(SimpleNamespace(num_classes=10, input_shape=(3, 32, 32)))
+    model = initial_model(spec.config, 10, (3, 32, 32))
     p = {n: t.detach() for n, t in model.named_parameters()}
     torch.manual_seed(0)
     first = nn.Conv2d(3, 64, 3, padding=1, bias=False).weight

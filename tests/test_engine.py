@@ -279,3 +279,59 @@ def test_scores_that_are_not_finite_fail_the_run_before_any_mask_is_chosen(make_
     assert out.status == "failed"
     assert "gave scores that are not finite in 3 of 3 tensors: 0.weight (72 NaN" in out.reason
     assert not (Path(out.run_dir) / "mask.pt").exists() and not list((tmp_path / "r" / "score_cache").glob("*.pt"))
+
+
+# ------------------------------------------------------------------- composition root and end-of-epoch hooks
+def test_assemble_builds_the_run_at_its_seeded_initialisation(make_config, tmp_path: Path) -> None:
+    from engine import hooks
+    from engine.assemble import assemble, build_loaders, initial_model
+    from runspec import RunSpec
+
+    spec = RunSpec.load(make_config(**{"training.compressor.prune_classifier": True}))
+    folder = spec.folder(tmp_path)
+    folder.path.mkdir(parents=True)
+    run = assemble(spec, folder, log=lambda s: None)
+    assert {"config.json", "environment.json", "mask_indices.json"} <= {p.name for p in folder.path.iterdir()}
+    loaders = build_loaders(spec.config, torch.device("cpu"))
+    reference = initial_model(spec.config, loaders.num_classes, loaders.input_shape)
+    assert all(torch.equal(a, b) for a, b in zip(run.model.state_dict().values(), reference.state_dict().values()))
+    assert run.scored == compressors.prunable_names(reference, include_classifier=True)
+    assert all(bool(m.all()) for m in run.masks.values()) and run.density() == 1.0
+    assert run.hooks == list(hooks.DEFAULT) and run.steps_per_epoch == len(loaders.train)
+    fresh = run.make_model()  # the reinit ablation's network: same architecture, its own draw
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in run.model.parameters()]
+
+
+def test_an_experiment_extends_the_end_of_epoch_hooks(make_config, tmp_path: Path) -> None:
+    import dataclasses
+
+    from engine import execute, hooks
+    from runspec import RunSpec
+    from trainers.pbt import PruneBeforeTraining
+
+    seen = []
+
+    class WithNorm(PruneBeforeTraining):
+        def hooks(self, run, default):
+            def weight_norm(run, end) -> None:  # before the history row is stored: it lands in history.json
+                end.row["weight_norm"] = float(sum(p.detach().norm() for p in run.model.parameters()))
+
+            def last(run, end) -> None:
+                seen.append((end.epoch, end.validate, "weight_norm" in run.state.history[-1]))
+
+            at = default.index(hooks.append_history)
+            return [*default[:at], weight_norm, *default[at:], last]
+
+    spec = RunSpec.load(make_config(**{"training.num_steps": 2, "validation.frequency": 2}))
+    plain = spec.folder(tmp_path / "plain")
+    plain.path.mkdir(parents=True)
+    reference = execute(spec, plain, log=lambda s: None)
+    folder = spec.folder(tmp_path / "hooked")
+    folder.path.mkdir(parents=True)
+    results = execute(dataclasses.replace(spec, experiment=WithNorm), folder, log=lambda s: None)
+    assert seen == [(1, False, True), (2, True, True)]
+    history = json.loads((folder.path / "history.json").read_text())
+    assert [round(r["weight_norm"], 3) > 0 for r in history] == [True, True]
+    assert results["final_test_acc"] == reference["final_test_acc"]  # an observing hook changes nothing
+    assert load_torch(folder.path / "checkpoint.pt")["state"]["history"][-1]["weight_norm"] == history[-1][
+        "weight_norm"]

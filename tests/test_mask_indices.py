@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from engine.assemble import build_loaders
 from launch.runner import run_config
 from runspec import RunSpec
 from runspec.folder import Files
@@ -20,7 +21,7 @@ FIELD = "training.compressor.mask_indices"
 
 def _train_rows(spec: RunSpec) -> np.ndarray:
     """The training-subset rows of a digits config with train4val (as data.loaders computes them)."""
-    return np.asarray(spec.build_loaders(torch.device("cpu")).train.dataset.indices)
+    return np.asarray(build_loaders(spec.config, torch.device("cpu")).train.dataset.indices)
 
 
 def test_index_file_rows_are_used_exactly_and_recorded(make_config, tmp_path):
@@ -32,7 +33,7 @@ def test_index_file_rows_are_used_exactly_and_recorded(make_config, tmp_path):
     cfg = make_config("given", **{"training.compressor.mask_indices": str(index_file), "training.num_steps": 1,
                                   "training.compressor.batch_size": 3})
     spec = RunSpec.load(cfg, build=True)
-    loaders = spec.build_loaders(torch.device("cpu"))
+    loaders = build_loaders(spec.config, torch.device("cpu"))
     assert loaders.mask_indices == chosen
     assert list(loaders.mask.dataset.indices) == chosen
     assert [len(y) for _, y in loaders.mask] == [3, 3, 3, 1]
@@ -46,7 +47,7 @@ def test_index_file_rows_are_used_exactly_and_recorded(make_config, tmp_path):
 
     # the recorded file is itself a valid index file: a second run reuses exactly these rows
     again = make_config("again", **{"training.compressor.mask_indices": str(run_dir / Files.MASK_INDICES)})
-    assert RunSpec.load(again, build=True).build_loaders(torch.device("cpu")).mask_indices == chosen
+    assert build_loaders(RunSpec.load(again, build=True).config, torch.device("cpu")).mask_indices == chosen
 
 
 def test_drawn_mask_data_is_recorded_too(make_config, tmp_path):
@@ -54,7 +55,7 @@ def test_drawn_mask_data_is_recorded_too(make_config, tmp_path):
     assert run_config(cfg, results=tmp_path / "r", log=lambda s: None).status == "completed"
     spec = RunSpec.load(cfg)
     record = json.loads((spec.run_dir(tmp_path / "r") / Files.MASK_INDICES).read_text())
-    assert record["indices"] == spec.build_loaders(torch.device("cpu")).mask_indices
+    assert record["indices"] == build_loaders(spec.config, torch.device("cpu")).mask_indices
     assert record["count"] == 10 * 5 and record["source"].startswith("per_class_samples=5")
 
 
@@ -64,12 +65,12 @@ def test_text_file_and_per_class_null(make_config, tmp_path):
     text = tmp_path / "rows.txt"
     text.write_text(f"{pool[4]}, {pool[2]}\n{pool[0]}\n")
     spec = RunSpec.load(make_config("txt", **{FIELD: str(text)}), build=True)
-    assert spec.build_loaders(torch.device("cpu")).mask_indices == [int(pool[4]), int(pool[2]), int(pool[0])]
+    assert build_loaders(spec.config, torch.device("cpu")).mask_indices == [int(pool[4]), int(pool[2]), int(pool[0])]
 
     whole = RunSpec.load(make_config("all", **{"training.compressor.per_class_samples": None}))
-    idx = whole.build_loaders(torch.device("cpu")).mask_indices
+    idx = build_loaders(whole.config, torch.device("cpu")).mask_indices
     assert sorted(idx) == sorted(int(i) for i in pool) and idx != sorted(idx)  # all of it, seeded order
-    assert whole.build_loaders(torch.device("cpu")).mask_indices == idx
+    assert build_loaders(whole.config, torch.device("cpu")).mask_indices == idx
 
 
 @pytest.mark.parametrize("content, message", [
@@ -107,7 +108,7 @@ def test_rows_outside_the_training_subset_are_refused(make_config, tmp_path):
         path.write_text(json.dumps(rows))
         given = RunSpec.load(make_config(f"c{i}", **{FIELD: str(path)}), build=True)
         with pytest.raises(ValueError) as err:
-            given.build_loaders(torch.device("cpu"))
+            build_loaders(given.config, torch.device("cpu"))
         assert FIELD in str(err.value) and str(path) in str(err.value) and message in str(err.value), str(err.value)
 
 

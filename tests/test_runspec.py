@@ -189,6 +189,8 @@ def test_integers_beyond_what_the_run_can_use_are_refused(make_config) -> None:
 
 
 def test_fewer_model_outputs_than_dataset_classes_is_a_problem(make_config) -> None:
+    from engine.assemble import num_classes
+
     with pytest.raises(ConfigError) as err:
         RunSpec.load(make_config(**{"model.num_classes": 3}))
     (problem,) = err.value.problems
@@ -198,7 +200,7 @@ def test_fewer_model_outputs_than_dataset_classes_is_a_problem(make_config) -> N
     spec = RunSpec.load(make_config(**{"dataset.class": "imagefolder", "dataset.options": {"path": "x"},
                                        "model.num_classes": 3}))
     with pytest.raises(ValueError, match="model.num_classes: 3 is smaller than the 10 classes"):
-        spec.num_classes(SimpleNamespace(num_classes=10))
+        num_classes(spec.config, SimpleNamespace(num_classes=10))
 
 
 @pytest.mark.parametrize("content,message", [

@@ -390,6 +390,7 @@ def _tiny_model() -> nn.Module:
 
 
 def test_irp_train_sum_gradient_is_the_sum_over_the_training_set(tmp_path: Path) -> None:
+    from engine.assemble import build_loaders, initial_model
     from runspec import RunSpec
 
     cfg = copy.deepcopy(IRP)
@@ -401,9 +402,9 @@ def test_irp_train_sum_gradient_is_the_sum_over_the_training_set(tmp_path: Path)
     assert out.status == "completed", out.reason
     ds = torch.load(Path(out.run_dir) / "autos_dataset.pt", weights_only=True)
     # reference: the model at theta0 in eval mode, one backward per 50 training samples, summed
-    spec = RunSpec.load(path)
-    loaders = spec.build_loaders(torch.device("cpu"))
-    model = spec.build_model(loaders).eval()
+    resolved = RunSpec.load(path).config
+    loaders = build_loaders(resolved, torch.device("cpu"))
+    model = initial_model(resolved, loaders.num_classes, loaders.input_shape).eval()
     params = dict(model.named_parameters())
     names = [t["name"] for t in ds["tensors"]]
     total = {n: torch.zeros_like(params[n]) for n in names}

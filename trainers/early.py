@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine import Experiment, Prune, Train
+from engine import Experiment, Prune, PruneSettings, Train
 from trainers import register
 from utils.schema import Problem, option
 
@@ -44,5 +44,5 @@ class PruneEarly(Experiment):
     def stages(self, run):
         epochs = self.cfg.training.num_steps
         return [Train(until=self.options.prune_epoch, schedule_epochs=epochs, validate_last=False),
-                Prune(self.cfg.training.compressor.sparsity),
+                Prune(PruneSettings.of(self.cfg.training.compressor)),
                 Train(until=epochs, new_optimizer=False, epochs_from=0, track_best=True)]

@@ -44,7 +44,7 @@ import compressors
 from autosparse.dataset import build_dataset, save_dataset
 from compressors.base import preserved_state
 from compressors.estimators import mean_gradient
-from engine import Call, Experiment, Prune, Rewind, Snapshot, Train, Warmup
+from engine import Call, Experiment, Prune, PruneSettings, Rewind, Snapshot, Train, Warmup
 from trainers import register
 from utils.schema import Problem, option
 from utils.seeding import derive_seed
@@ -82,9 +82,9 @@ class IRPOptions:
                                                   "(AutoSparse's code: 256; default: dataset.batch_size)", min=1)
 
 
-def start(run, features: bool, grad_feature: str = "mask_mean", grad_batch_size: int | None = None) -> None:
+def start(run, features: bool, grad_feature: str, grad_batch_size: int) -> None:
     """Surviving-score counters, and the AutoSparse features g0 at theta0 (``grad_feature``, see the module
-    docstring)."""
+    docstring; ``grad_batch_size``: the batches of ``train_sum``)."""
     extra = run.state.extra
     extra["survivors"] = {n: torch.zeros(m.shape, dtype=torch.int16) for n, m in run.masks.items()}
     extra["grad0"] = None
@@ -97,15 +97,15 @@ def start(run, features: bool, grad_feature: str = "mask_mean", grad_batch_size:
         extra["grad0"] = {n: v.detach().cpu() for n, v in g.items()}
 
 
-def training_set_gradient_sum(run, batch_size: int | None) -> dict[str, torch.Tensor]:
+def training_set_gradient_sum(run, batch_size: int) -> dict[str, torch.Tensor]:
     """AutoSparse's gradient feature: ``g0 = sum_b grad_theta L_b(theta0)``, L_b the mean cross-entropy of batch b,
     over one pass of the *augmented* training set (the training transform) in batches of ``batch_size``
-    (default ``dataset.batch_size``), model in eval mode.  The augmentation draws come from a generator seeded by
-    the run seed, inside a forked RNG, so the training stream that follows is unchanged; the batches are in
-    stored order and not split across ranks (every rank computes the same sum)."""
+    (``grad_batch_size``, default ``dataset.batch_size``), model in eval mode.  The augmentation draws come from a
+    generator seeded by the run seed, inside a forked RNG, so the training stream that follows is unchanged;
+    the batches are in stored order and not split across ranks (every rank computes the same sum)."""
     loader = run.loaders.train
     if isinstance(loader, DataLoader):
-        loader = DataLoader(loader.dataset, batch_size=batch_size or run.cfg.dataset.batch_size, shuffle=False,
+        loader = DataLoader(loader.dataset, batch_size=batch_size, shuffle=False,
                             num_workers=loader.num_workers)
     elif run.rank.distributed:
         raise ValueError("training.irp.grad_feature 'train_sum' with dataset.loader 'device' runs on one rank only; "
@@ -118,7 +118,7 @@ def training_set_gradient_sum(run, batch_size: int | None) -> dict[str, torch.Te
     loss_fn = nn.CrossEntropyLoss()
     devices = [run.device] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(derive_seed(run.cfg.general.seed, "autos-grad0"))
+        torch.manual_seed(derive_seed(run.seed, "autos-grad0"))
         run.model.eval()
         for x, y in run.capped(loader):
             loss = loss_fn(run.model(x.to(run.device)), y.to(run.device))
@@ -187,19 +187,20 @@ class IterativeRewindPruning(Experiment):
         return compressors.sparsity_schedule(self.cfg.training.compressor.sparsity, o.iterations, o.schedule)
 
     def stages(self, run):
-        o = self.options
+        o, comp = self.options, self.cfg.training.compressor
         epi = o.epochs_per_iteration or self.cfg.training.num_steps
         final = epi if o.final_epochs is None else o.final_epochs
-        stages = [Warmup(), Snapshot("theta0"),
-                  Call(start, "start", kwargs={"features": o.autos_dataset, "grad_feature": o.grad_feature,
-                                               "grad_batch_size": o.grad_batch_size})]
+        grad = {"features": o.autos_dataset, "grad_feature": o.grad_feature,
+                "grad_batch_size": o.grad_batch_size or self.cfg.dataset.batch_size}
+        stages = [Warmup(comp.warmup, comp.warmup_mode), Snapshot("theta0"), Call(start, "start", kwargs=grad)]
+        prune = PruneSettings.of(comp)
         schedule = self.schedule()
         if o.order == "prune_first":
-            stages += [Call(untrained), Prune(schedule[0], seed=("scoring", 0)), Call(count_survivors),
+            stages += [Call(untrained), Prune(prune.at(schedule[0]), seed=("scoring", 0)), Call(count_survivors),
                        Call(record, "record", kwargs={"iteration": 1})]
             for i, sparsity in enumerate(schedule[1:], start=1):
                 stages += [Train(until=i * epi, label=i), Call(test_trained, "test"),
-                           Prune(sparsity, seed=("scoring", i)), Call(count_survivors),
+                           Prune(prune.at(sparsity), seed=("scoring", i)), Call(count_survivors),
                            Rewind("theta0", o.reset_non_prunable), Call(record, "record", kwargs={"iteration": i + 1})]
             return stages + self.final_stages((o.iterations - 1) * epi + final, o.iterations)
         for i, sparsity in enumerate(schedule):
@@ -209,8 +210,9 @@ class IterativeRewindPruning(Experiment):
                            Snapshot("rewind"), Train(until=epi, new_optimizer=False, epochs_from=0, label=1)]
             else:
                 stages.append(Train(until=begin + epi, label=i + 1))
-            stages += [Call(test_trained, "test"), Prune(sparsity, seed=("scoring", i)), Call(count_survivors),
-                       Rewind("rewind" if o.rewind_epoch > 0 else "theta0", o.reset_non_prunable),
+            stages += [Call(test_trained, "test"), Prune(prune.at(sparsity), seed=("scoring", i)),
+                       Call(count_survivors), Rewind("rewind" if o.rewind_epoch > 0 else "theta0",
+                                                     o.reset_non_prunable),
                        Call(record, "record", kwargs={"iteration": i + 1})]
         return stages + self.final_stages(o.iterations * epi + final, o.iterations + 1)
 

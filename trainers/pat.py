@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from compressors import density
-from engine import Call, Experiment, Prune, Train
+from engine import Call, Experiment, Prune, PruneSettings, Train
 from trainers import register
 from utils.schema import option
 
@@ -52,7 +52,7 @@ class PruneAfterTraining(Experiment):
         return [
             Train(until=epochs, label=1),
             Call(record_test, "test the dense network", kwargs={"phase": "dense"}),
-            Prune(self.cfg.training.compressor.sparsity, seed=("scoring", 0)),
+            Prune(PruneSettings.of(self.cfg.training.compressor), seed=("scoring", 0)),
             Call(record_test, "test the pruned network", kwargs={"phase": "pruned"}),
             Train(until=epochs + o.finetune_epochs, learning_rate=o.finetune_learning_rate, track_best=True, label=2),
             Call(record_test, "test the fine-tuned network", kwargs={"phase": "fine-tuned"}),

@@ -8,7 +8,7 @@ epoch, so a killed run resumes and ends with the same weights as an uninterrupte
 
 from __future__ import annotations
 
-from engine import Experiment, Prune, Train, Warmup
+from engine import Experiment, Prune, PruneSettings, Train, Warmup
 from trainers import register
 
 
@@ -17,5 +17,6 @@ class PruneBeforeTraining(Experiment):
     """The ``pbt`` pipeline (see the module docstring)."""
 
     def stages(self, run):
-        epochs = self.cfg.training.num_steps
-        return [Warmup(), Prune(self.cfg.training.compressor.sparsity), Train(until=epochs, track_best=True)]
+        comp = self.cfg.training.compressor
+        return [Warmup(comp.warmup, comp.warmup_mode), Prune(PruneSettings.of(comp)),
+                Train(until=self.cfg.training.num_steps, track_best=True)]

@@ -1,0 +1,64 @@
+"""The end of a run: test the final and the best-validation model, count the costs, write the mask, the
+final model, ``costs.json`` and ``results.json``, and hand the results to the trackers."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+import compressors
+from compressors.costs import Costs, count_costs
+from engine.run import Run, state_to_cpu
+from engine.trackers import hparams
+from runspec.folder import CostRecord, Files, PruningRecord, RunResults
+
+
+def costs(run: Run) -> Costs:
+    """Parameters and FLOPs of one forward pass of one example of the dataset's input shape, dense and
+    effective under the run's mask (:func:`compressors.costs.count_costs`; on the meta device)."""
+    example = torch.zeros(1, *run.loaders.input_shape)
+    if run.structures is not None and run.criterion.prunes:
+        compact = run.structures.compact(run.model, run.structures.keep_from_masks(run.masks))
+        return count_costs(run.model, example, compact=compact)
+    return count_costs(run.model, example, masks=run.masks if run.criterion.prunes else None)
+
+
+def ranks_record(run: Run) -> dict[str, Any]:
+    """What a distributed run adds to ``results.json``."""
+    if not run.rank.distributed:
+        return {}
+    return {"world_size": run.rank.world, "masks_verified_on_ranks": run.state.extra.get("masks_verified_on_ranks")}
+
+
+def finish(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
+    """Test the final and the best-validation model; write mask, final model, costs and ``results.json``
+    (with the experiment's ``extra``); returns the results."""
+    st = run.state
+    test = run.evaluate(run.loaders.test, run.model)
+    final_state = copy.deepcopy(run.model.state_dict())
+    best = dict(test)
+    if st.best_model is not None:
+        run.model.load_state_dict(st.best_model)
+        best = run.evaluate(run.loaders.test, run.model)
+        run.model.load_state_dict(final_state)
+    run.folder.save_mask(run.masks)
+    run.folder.save_torch(Files.FINAL_MODEL, state_to_cpu(final_state))
+    # summarised over the scored weights (a structured mask also reaches BN channels, biases, classifier columns)
+    scored = {n: run.masks[n] for n in run.scored if n in run.masks}
+    st.pruning.update(compressors.mask_summary(scored, sum(p.numel() for p in run.model.parameters())),
+                      mask_samples=len(run.loaders.mask_indices))
+    counted = costs(run)
+    run.folder.write(Files.COSTS, {**counted.to_json(), "model_inputs": {
+        "num_classes": run.num_classes, "input_shape": list(run.loaders.input_shape)}})
+    results = RunResults(test=test, best_val_test=best, best_val_epoch=st.best_epoch,
+                         best_val_metric=st.best_metric, validation_metric=run.settings.metric,
+                         validation_on_test_set=run.loaders.val_is_test,
+                         epoch_seconds=[row["epoch_seconds"] for row in st.history],
+                         pruning=PruningRecord(**st.pruning), extra={**extra, **ranks_record(run)},
+                         costs=CostRecord(**counted.totals())).to_json()
+    run.folder.write(Files.RESULTS, results)
+    for tracker in run.trackers:
+        tracker.finish(hparams(run.spec), results)
+    return results
