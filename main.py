@@ -191,7 +191,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import models
     from runspec import EXPERIMENTS, config_fields
 
-    if args.fields:  # the README's config reference, generated from the typed dataclasses
+    if args.fields:  # docs/configs.md's field table, generated from the typed dataclasses
         print("| field | type | default | meaning |\n|---|---|---|---|")
         for path, kind, default, meaning in config_fields():
             print(f"| `{path}` | {kind} | `{default}` | {meaning} |")

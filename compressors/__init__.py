@@ -1,6 +1,6 @@
 """Pruning criteria: a registry filled by ``@register("name")`` on one class per criterion.
 
-Public API (stable; see the README)::
+Public API (stable; docs/criteria.md)::
 
     import compressors
     crit = compressors.build("snip")                  # any registered name or "pkg.module:Class"

@@ -17,10 +17,9 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from compressors.masks import Scores
 from utils import switches
 from utils.schema import NoOptions, Problem, parse_strict
-
-Scores = dict[str, torch.Tensor]
 
 
 class ScoreMap(dict):

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-Scores = dict[str, torch.Tensor]
+Scores = dict[str, torch.Tensor]  # parameter name -> one value per element (scores or masks); the one alias
 
 
 KEPT_RULES = ("round", "floor")

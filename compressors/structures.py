@@ -39,12 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressors.base import classifier_name
-from compressors.masks import kept_count, topk_mask
+from compressors.masks import Scores, kept_count, topk_mask
 from utils.schema import Problem
 
 KINDS = ("channel", "neuron", "head")
 AGGREGATES = ("sum", "mean", "l2", "max")
-Scores = dict[str, torch.Tensor]
 
 
 def parse_kinds(structure: str) -> tuple[str, ...]:

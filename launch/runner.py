@@ -23,13 +23,12 @@ from typing import Any, Callable, Iterable
 
 from engine import execute
 from runspec import RunSpec
-from runspec.folder import Files, RunFolder, StatusRecord, batch_record_path, invalid_dir
+from runspec.folder import Files, RunFolder, StatusRecord, batch_record_path, invalid_dir, results_root
 from utils import distributed
 from utils.io import json_files, write_json
 from utils.locks import RunBusy, run_lock
 from utils.schema import ConfigError, Problem
 
-DEFAULT_RESULTS = Path("results")
 TASK_LOG = "PAI_TASK_LOG"  # set by a launcher task: its log file, recorded in status.json
 
 
@@ -68,14 +67,6 @@ def collect_configs(paths: Iterable[str | Path], recursive: bool = False) -> lis
     return out
 
 
-def results_root(spec: RunSpec, override: str | Path | None) -> Path:
-    """--results beats general.output_dir beats ./results."""
-    if override is not None:
-        return Path(override)
-    out = spec.config.general.output_dir
-    return Path(out) if out else DEFAULT_RESULTS
-
-
 def _sigterm_to_interrupt(signum, frame):  # noqa: ANN001
     raise Interrupted(f"signal {signum}")
 
@@ -99,7 +90,7 @@ def _run_config(path: Path, results: str | Path | None, tic: float, *, force: bo
         spec = RunSpec.load(path)
     except ConfigError as exc:
         return _invalid(path, results, exc.problems)
-    root = results_root(spec, results)
+    root = results_root(results, spec.config.general.output_dir)
     shutil.rmtree(invalid_dir(root, path), ignore_errors=True)
     folder = spec.folder(root)
     comp = spec.config.training.compressor
@@ -150,7 +141,7 @@ def problems_text(problems: list[Problem]) -> str:
 
 
 def _invalid(path: Path, results: str | Path | None, problems: list[Problem]) -> RunOutcome:
-    root = Path(results) if results is not None else DEFAULT_RESULTS
+    root = results_root(results)
     bad = RunFolder(invalid_dir(root, path))
     bad.set_status("failed", config_file=str(path), reason="invalid config", problems=[str(p) for p in problems])
     return RunOutcome(str(path), "failed", str(bad.path), reason=problems_text(problems), id=path.stem)
@@ -242,7 +233,7 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
             outcomes.append(outcome)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    root = Path(results) if results is not None else DEFAULT_RESULTS
+    root = results_root(results)
     try:
         if distributed.from_environment().main:  # one record per batch, not one per rank
             write_json(batch_record_path(root), [o.__dict__ for o in outcomes])

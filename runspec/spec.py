@@ -244,7 +244,7 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 def config_fields() -> list[tuple[str, str, str, str]]:
     """(JSON path, type, default, meaning) of every config field, the experiments' own sections included
-    (after the other ``training`` fields): the README's reference table (``main.py list --fields``)."""
+    (after the other ``training`` fields): the field table of docs/configs.md (``main.py list --fields``)."""
     rows = describe_fields(ExperimentConfig)
     extra = [row for key, cls in sorted(experiment_sections().items())
              for row in describe_fields(cls.Options, f"training.{key}")]
