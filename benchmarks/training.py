@@ -22,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -103,7 +104,23 @@ def cycle(loader: Iterable, set_epoch: Callable[[int], None]) -> Iterator:
         epoch += 1
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Bench:
+    """What the interleaved timing runs: the jobs by row name, the steppers, the device loader."""
+
+    device: torch.device
+    batch: int
+    workers: int
+    steppers: dict[str, Stepper]
+    jobs: dict[str, Callable[[], None]]
+    device_loader: DeviceLoader
+
+
+BASELINES = {"model step": "model step, dense", "loader only": "loader only, classic DataLoader",
+             "train step": "train step (masked), classic DataLoader"}  # the ratio column's reference per kind
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 16, 4 steps")
     parser.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 64 on the CPU, 16 quick")
@@ -112,13 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="classic DataLoader workers")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:i]")
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
-    cuda = device.type == "cuda"
-    bs = args.batch_size or (16 if args.quick else 256 if cuda else 64)
-    steps = args.steps or (4 if args.quick else 50 if cuda else 12)
-    n_data = 50_000 if not args.quick else 2048
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device.startswith("cuda")
+    args.batch_size = args.batch_size or (16 if args.quick else 256 if cuda else 64)
+    args.steps = args.steps or (4 if args.quick else 50 if cuda else 12)
+    return args
 
+
+def build(args: argparse.Namespace) -> Bench:
+    """CIFAR-shaped synthetic data behind both loaders, the steppers and one timing job per row."""
+    device, bs = torch.device(args.device), args.batch_size
+    cuda = device.type == "cuda"
+    n_data = 2048 if args.quick else 50_000
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n_data, 32, 32, 3), dtype=np.uint8)
     targets = rng.integers(0, 10, n_data).astype(np.int64)
@@ -126,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     train_tf, _ = cifar_transforms(mean, std, 4, True)
     sampler = EpochShuffler(n_data, 0)
     classic = DataLoader(ArrayDataset(images, targets, train_tf), batch_size=bs, sampler=sampler,
-                         num_workers=args.workers, pin_memory=device.type == "cuda", drop_last=True,
+                         num_workers=args.workers, pin_memory=cuda, drop_last=True,
                          persistent_workers=args.workers > 0)
     device_loader = DeviceLoader(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(targets),
                                  batch_size=bs, device=device, mean=mean, std=std, train=True, seed=0, padding=4,
@@ -135,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     device_it = cycle(device_loader, device_loader.set_epoch)
     x_fixed, y_fixed = next(iter(device_loader))
 
-    configs: dict[str, Stepper] = {"dense": Stepper(device, 0.0), "masked": Stepper(device, 0.9)}
+    steppers = {"dense": Stepper(device, 0.0), "masked": Stepper(device, 0.9)}
     if cuda:
-        configs["masked_bf16_cl"] = Stepper(device, 0.9, amp="bf16", channels_last=True)
+        steppers["masked_bf16_cl"] = Stepper(device, 0.9, amp="bf16", channels_last=True)
 
     def model_only(step: Stepper) -> Callable[[], None]:
         return lambda: step(x_fixed, y_fixed)
@@ -151,45 +174,63 @@ def main(argv: list[str] | None = None) -> int:
             step(x, y)
         return run
 
-    jobs: dict[str, Callable[[], None]] = {f"model step, {k}": model_only(s) for k, s in configs.items()}
+    jobs: dict[str, Callable[[], None]] = {f"model step, {k}": model_only(s) for k, s in steppers.items()}
     jobs["loader only, classic DataLoader"] = loader_only(classic_it)
     jobs["loader only, device loader"] = loader_only(device_it)
-    jobs["train step (masked), classic DataLoader"] = end_to_end(classic_it, configs["masked"])
-    jobs["train step (masked), device loader"] = end_to_end(device_it, configs["masked"])
+    jobs["train step (masked), classic DataLoader"] = end_to_end(classic_it, steppers["masked"])
+    jobs["train step (masked), device loader"] = end_to_end(device_it, steppers["masked"])
     if cuda:
-        jobs["train step (masked, bf16+cl), device loader"] = end_to_end(device_it, configs["masked_bf16_cl"])
+        jobs["train step (masked, bf16+cl), device loader"] = end_to_end(device_it, steppers["masked_bf16_cl"])
+    return Bench(device, bs, args.workers, steppers, jobs, device_loader)
 
-    for fn in jobs.values():  # warm-up (allocator, cudnn autotune, first-epoch setup)
+
+def measure(bench: Bench, steps: int) -> tuple[dict[str, list[float]], list[float]]:
+    """(seconds of every job's ``steps`` timed calls, seconds of the mask enforcement alone), each row's
+    calls interleaved with the others' after two warm-up calls (allocator, cudnn autotune, first epoch)."""
+    for fn in bench.jobs.values():
         fn()
         fn()
-    enforcer = configs["masked"].enforcer
+    enforcer = bench.steppers["masked"].enforcer
     assert enforcer is not None
 
     def enforce() -> None:
         enforcer.apply_to_grads()
         enforcer.apply_to_weights()
 
-    times: dict[str, list[float]] = {k: [] for k in jobs}
+    times: dict[str, list[float]] = {k: [] for k in bench.jobs}
     enforce_times: list[float] = []
     for _ in range(steps):
-        for name, fn in jobs.items():
-            times[name].append(timed(fn, device))
-        enforce_times.append(timed(enforce, device))
-    med = {k: bs / statistics.median(v) for k, v in times.items()}
+        for name, fn in bench.jobs.items():
+            times[name].append(timed(fn, bench.device))
+        enforce_times.append(timed(enforce, bench.device))
+    return times, enforce_times
 
-    base = {"model step": med["model step, dense"], "loader only": med["loader only, classic DataLoader"],
-            "train step": med["train step (masked), classic DataLoader"]}
-    print(f"\nResNet18, CIFAR-shaped synthetic data, batch {bs}, {steps} interleaved steps per row (median), "
+
+def rates(bench: Bench, times: dict[str, list[float]]) -> dict[str, float]:
+    """Images/s of every row: batch size / median step time."""
+    return {k: bench.batch / statistics.median(v) for k, v in times.items()}
+
+
+def ratios(med: dict[str, float]) -> dict[str, float]:
+    """Every row's images/s relative to its kind's baseline row (BASELINES)."""
+    return {name: value / med[BASELINES[name.split(",")[0].split(" (")[0]]] for name, value in med.items()}
+
+
+def print_table(bench: Bench, med: dict[str, float], steps: int) -> None:
+    device = bench.device
+    print(f"\nResNet18, CIFAR-shaped synthetic data, batch {bench.batch}, {steps} interleaved steps per row (median), "
           f"device {device}{'' if device.type == 'cuda' else f' ({torch.get_num_threads()} threads)'}, "
-          f"classic workers {args.workers}\n")
+          f"classic workers {bench.workers}\n")
     width = max(len(k) for k in med) + 2
     print(f"{'measurement':<{width}}{'images/s':>12}{'ratio':>9}   baseline")
     print("-" * (width + 12 + 9 + 25))
-    for name, value in med.items():
+    for name, ratio in ratios(med).items():
         kind = name.split(",")[0].split(" (")[0]
-        ref_name = {"model step": "model step, dense", "loader only": "loader only, classic DataLoader",
-                    "train step": "train step (masked), classic DataLoader"}[kind]
-        print(f"{name:<{width}}{value:>12,.1f}{value / base[kind]:>9.3f}   {ref_name}")
+        print(f"{name:<{width}}{med[name]:>12,.1f}{ratio:>9.3f}   {BASELINES[kind]}")
+
+
+def print_summary(bench: Bench, med: dict[str, float], times: dict[str, list[float]],
+                  enforce_times: list[float]) -> None:
     overhead = 1 - med["model step, masked"] / med["model step, dense"]
     print(f"\nmasking overhead (1 - masked/dense model-step throughput): {overhead * 100:+.1f}% (target < 5%)")
     dense_step = statistics.median(times["model step, dense"])
@@ -199,20 +240,34 @@ def main(argv: list[str] | None = None) -> int:
     speedup = med["train step (masked), device loader"] / med["train step (masked), classic DataLoader"]
     print(f"device loader vs classic DataLoader, full step: x{speedup:.2f}")
     best = max(v for k, v in med.items() if k.startswith("train step"))
-    label = "measured rate" if device.type == "cuda" else "extrapolated from the measured rate"
+    label = "measured rate" if bench.device.type == "cuda" else "extrapolated from the measured rate"
     print(f"one CIFAR-10 epoch (50,000 images) at the best full-step rate: {50_000 / best:,.0f} s ({label})")
-    if device.type == "cuda":
-        step = configs["masked_bf16_cl"]
-        device_loader.set_epoch(1000)
-        sync(device)
-        tic = time.perf_counter()
-        seen = 0
-        for x, y in device_loader:
-            step(x, y)
-            seen += len(y)
-        sync(device)
-        print(f"measured full epoch ({seen:,} images, masked, bf16+channels_last, device loader): "
-              f"{time.perf_counter() - tic:.1f} s")
+
+
+def measured_epoch(bench: Bench) -> None:
+    """On CUDA: one full epoch of the masked bf16 + channels_last step through the device loader."""
+    step, device, loader = bench.steppers["masked_bf16_cl"], bench.device, bench.device_loader
+    loader.set_epoch(1000)
+    sync(device)
+    tic = time.perf_counter()
+    seen = 0
+    for x, y in loader:
+        step(x, y)
+        seen += len(y)
+    sync(device)
+    print(f"measured full epoch ({seen:,} images, masked, bf16+channels_last, device loader): "
+          f"{time.perf_counter() - tic:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = build(args)
+    times, enforce_times = measure(bench, args.steps)
+    med = rates(bench, times)
+    print_table(bench, med, args.steps)
+    print_summary(bench, med, times, enforce_times)
+    if bench.device.type == "cuda":
+        measured_epoch(bench)
     return 0
 
 
