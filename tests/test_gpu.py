@@ -44,7 +44,7 @@ from torchvision.transforms import functional as TF
 import compressors
 import models
 from autosparse.predictor import build_mlp, make_settings, save_predictor
-from compressors import estimators
+from compressors import Scores, estimators
 from compressors.options import estimator_generator
 from compressors.structures import find_structures
 from data.datasets.cifar import Cifar10
@@ -58,7 +58,6 @@ SHAPE = (3, 32, 32)
 SPARSITY = 0.9
 TOL = 1e-3  # max |got - ref| / max |ref| allowed between devices (float32; summation orders differ)
 PROBES, ROUNDS = 3, 10  # Hutchinson probes per mask batch, SynFlow rounds
-Scores = dict[str, torch.Tensor]
 
 
 def gpu(test: Callable) -> Callable:
