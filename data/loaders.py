@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from data.base import DataSplits
 from data.device_loader import DeviceLoader
 from utils.distributed import shard
-from utils.io import read_text_file
+from utils.io import CONFIG_FILE_LIMIT, read_regular_text
 from utils.seeding import derive_seed, epoch_permutation
 
 
@@ -135,40 +135,50 @@ def mask_indices(targets: np.ndarray, per_class: Optional[int], seed: int,
 MASK_INDICES_FIELD = "training.compressor.mask_indices"
 
 
+def _kind(value: object) -> str:
+    """What a JSON value is, in words, without its content (an error must never quote the file)."""
+    return {bool: "a boolean", str: "a string", float: "a float", dict: "an object", list: "a list",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def read_index_file(path: str | Path) -> list[int]:
     """The training-set indices of a mask-index file, in file order.  Accepted: a JSON list of integers, a JSON
     object with an ``"indices"`` list (the ``mask_indices.json`` a run folder records), or plain text with
-    whitespace- or comma-separated integers.  A ValueError naming the file and the field otherwise."""
+    whitespace- or comma-separated integers.  Only a regular file of at most ``CONFIG_FILE_LIMIT`` (64 MiB)
+    is read (a device, FIFO, socket or directory is refused unopened).  A ValueError naming the file and the
+    field otherwise; it never quotes the file's content (the path may name any file, e.g. ``/etc/shadow``)."""
     where = f"{MASK_INDICES_FIELD} file {str(path)!r}"
-    path = Path(path)
-    text = read_text_file(path, where)
+    text = read_regular_text(Path(path), where, CONFIG_FILE_LIMIT)
     stripped = text.strip()
     if stripped[:1] in ("[", "{"):
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{where}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise ValueError(f"{where}: invalid JSON: nested too deeply") from None
         if isinstance(data, dict):
             if "indices" not in data:
-                raise ValueError(f"{where}: a JSON object needs an 'indices' list (keys found: "
-                                 f"{', '.join(map(repr, data)) or 'none'})")
+                raise ValueError(f"{where}: a JSON object needs an 'indices' list (it has {len(data)} other "
+                                 f"key{'s' if len(data) != 1 else ''})")
             data = data["indices"]
         if not isinstance(data, list):
-            raise ValueError(f"{where}: 'indices' must be a list of integers, got {type(data).__name__}")
+            raise ValueError(f"{where}: 'indices' must be a list of integers, got {_kind(data)}")
         values = data
     else:
         values = []
-        for i, token in enumerate(stripped.replace(",", " ").split()):
-            try:
-                values.append(int(token))
-            except ValueError:
-                raise ValueError(f"{where}: entry {i} is {token!r}, not an integer; expected a JSON list of "
-                                 "integers, {\"indices\": [...]}, or integers separated by spaces, commas or "
-                                 "new lines") from None
+        for line_no, line in enumerate(stripped.splitlines(), start=1):
+            for token in line.replace(",", " ").split():
+                try:
+                    values.append(int(token))
+                except ValueError:
+                    raise ValueError(f"{where}: entry {len(values)} (line {line_no}) is not an integer; expected "
+                                     "a JSON list of integers, {\"indices\": [...]}, or integers separated by "
+                                     "spaces, commas or new lines") from None
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{where}: entry {i} is {v!r}, not an integer")
+            raise ValueError(f"{where}: entry {i} is {_kind(v)}, not an integer")
         out.append(v)
     if not out:
         raise ValueError(f"{where}: holds no index; at least one training-set index is needed")

@@ -5,6 +5,8 @@ with the file and the field named."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -77,9 +79,9 @@ def test_text_file_and_per_class_null(make_config, tmp_path):
     (None, "no such file"),
     ("[1, 2,", "invalid JSON at line 1"),
     ('{"rows": [1, 2]}', "needs an 'indices' list"),
-    ('[1, "two"]', "entry 1 is 'two', not an integer"),
-    ("[1, 2.5]", "entry 1 is 2.5, not an integer"),
-    ("3 4 x", "entry 2 is 'x', not an integer"),
+    ('[1, "two"]', "entry 1 is a string, not an integer"),
+    ("[1, 2.5]", "entry 1 is a float, not an integer"),
+    ("3 4 x", "entry 2 (line 1) is not an integer"),
     ("[]", "holds no index"),
     ('{"indices": 5}', "must be a list of integers"),
 ])
@@ -117,3 +119,60 @@ def test_a_run_with_a_bad_file_fails_with_the_reason(make_config, tmp_path):
     path.write_text("[999999]")
     outcome = run_config(make_config("bad", **{FIELD: str(path)}), results=tmp_path / "r", log=lambda s: None)
     assert outcome.status == "failed" and FIELD in (outcome.reason or "") and "out of range" in outcome.reason
+
+
+# ------------------------------------------------------------------ issue 22.4: config-named files read safely
+def _refusal(make_config, path) -> str:
+    """The validation error for ``path`` as the index file, from a thread: a read that blocks fails the test."""
+    cfg = make_config("special", **{FIELD: str(path)})
+    out: dict[str, BaseException] = {}
+
+    def load() -> None:
+        try:
+            RunSpec.load(cfg, build=True)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+            out["exc"] = exc
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), f"validation of {path} blocked"
+    assert isinstance(out.get("exc"), ConfigError), out
+    return str(out["exc"])
+
+
+def test_a_fifo_is_refused_without_blocking(make_config, tmp_path):
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    text = _refusal(make_config, fifo)
+    assert FIELD in text and str(fifo) in text and "not a regular file" in text and "FIFO" in text, text
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_dev_zero_is_refused_before_reading(make_config):
+    text = _refusal(make_config, "/dev/zero")
+    assert FIELD in text and "/dev/zero" in text and "not a regular file" in text and "device" in text, text
+
+
+def test_a_directory_is_refused(make_config, tmp_path):
+    text = _refusal(make_config, tmp_path)
+    assert FIELD in text and str(tmp_path) in text and "not a regular file" in text and "directory" in text, text
+
+
+def test_a_too_large_file_is_refused_with_the_limit(make_config, tmp_path):
+    big = tmp_path / "rows.txt"
+    with open(big, "wb") as fh:
+        fh.truncate(64 * 2**20 + 1)  # sparse: no disk space used
+    text = _refusal(make_config, big)
+    assert FIELD in text and str(big) in text and "64 MiB" in text and len(text) < 2000, text
+
+
+def test_file_content_never_appears_in_the_error(make_config, tmp_path):
+    secret = "root:$6$hunter2SECRETsalt$Qx9:19000:0:99999:7:::"
+    for name, content in (("shadow", secret + "\n"), ("shadow.json", json.dumps({"hunter2SECRET": 1})),
+                          ("list.json", json.dumps([1, "hunter2SECRET"]))):
+        path = tmp_path / name
+        path.write_text(content)
+        text = _refusal(make_config, path)
+        assert FIELD in text and str(path) in text, text
+        assert "hunter2SECRET" not in text and "root:" not in text, text

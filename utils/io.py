@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import warnings
@@ -181,6 +182,59 @@ def read_text_file(path: str | Path, what: str, kind: str = "file") -> str:
         raise ValueError(f"{what}: no such {kind}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{what}: cannot be read as UTF-8 text ({exc})") from None
+
+
+CONFIG_FILE_LIMIT = 64 * 2**20
+"""The largest file a config may name for :func:`read_regular_text` to read (64 MiB)."""
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+
+
+def _check_regular(info: os.stat_result, what: str, limit: int) -> None:
+    mib = f"{limit / 2**20:g} MiB"
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError(f"{what}: not a regular file but {_not_regular(info.st_mode)}; name a regular file "
+                         f"of at most {mib}")
+    if info.st_size > limit:
+        raise ValueError(f"{what}: {info.st_size:,} bytes, over the {mib} limit on files a config names")
+
+
+def read_regular_text(path: str | Path, what: str, limit: int = CONFIG_FILE_LIMIT) -> str:
+    """The UTF-8 text of the regular file ``path`` (a leading byte-order mark dropped), for files a config
+    names.  ``os.stat`` first: a directory, FIFO, socket or device is refused without being opened, and so is
+    a file over ``limit`` bytes; the open is non-blocking, the opened file is checked again (a path swapped
+    in between) and at most ``limit`` bytes are read.  A ValueError ``"<what>: ..."`` otherwise, which never
+    quotes the file's content (``what`` names the file and field)."""
+    def unreadable(exc: OSError) -> ValueError:
+        return ValueError(f"{what}: cannot be read ({exc.strerror or type(exc).__name__})")
+
+    try:
+        _check_regular(os.stat(path), what, limit)
+    except FileNotFoundError:
+        raise ValueError(f"{what}: no such file") from None
+    except OSError as exc:
+        raise unreadable(exc) from None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise unreadable(exc) from None
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            _check_regular(os.fstat(fh.fileno()), what, limit)
+            raw = fh.read(limit + 1)
+        except OSError as exc:
+            raise unreadable(exc) from None
+    if len(raw) > limit:
+        raise ValueError(f"{what}: over the {limit / 2**20:g} MiB limit on files a config names")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what}: not UTF-8 text (an undecodable byte at offset {exc.start})") from None
 
 
 def json_files(folder: str | Path, recursive: bool = False) -> list[Path]:
