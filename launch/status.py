@@ -1,7 +1,9 @@
 """``python main.py status RESULTS [--sweep DIR]``: where the runs of a results root (or of a sweep) stand.
 
-Counts completed / running / failed / interrupted / missing runs; lists each running run with its host,
-epoch and the age of its last heartbeat (``heartbeat.json``), each failed one with its reason; flags
+Counts completed / running / failed / interrupted / missing runs, and ``broken`` ones (a file unreadable,
+or impossible numbers in results.json: :func:`runspec.folder.read_state`, the rule ``main.py report`` follows
+too, so both give every run the same state); lists each running run with its host, epoch and the age of its
+last heartbeat (``heartbeat.json``), each failed or broken one with its reason; flags
 locks whose holder is gone (stale) and running runs whose heartbeat stopped; gives an ETA from the
 recorded seconds per epoch, assuming the running runs go on in parallel and the rest run one at a time.
 """
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runspec import RunSpec
-from runspec.folder import Files, Heartbeat, RunFolder, find_run_dirs
+from runspec.folder import Files, Heartbeat, RunFolder, find_run_dirs, read_state
 from utils.locks import holder_is_gone, lock_holder, lock_path
 from utils.progress import eta_text
 from utils.schema import ConfigError
@@ -27,6 +29,8 @@ class SweepStatus:
     counts: dict[str, int] = field(default_factory=dict)
     running: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
+    broken: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)  # run folder -> state (as report's runs.csv)
     missing: list[str] = field(default_factory=list)
     stale_locks: list[str] = field(default_factory=list)
     remaining_seconds: float = 0.0
@@ -65,8 +69,9 @@ def collect(root: str | Path, sweep: str | Path | None = None, now: float | None
     out = SweepStatus(missing=list(missing))
     waiting, running_left, seconds = [], [], []
     for folder in folders:
-        st = folder.status() or {}
-        state = "completed" if folder.is_completed() else st.get("status", "unknown")
+        run = read_state(folder)
+        state = run.state
+        out.states[str(folder.path)] = state
         out.counts[state] = out.counts.get(state, 0) + 1
         beat = Heartbeat.from_json(folder.read_or_none(Files.HEARTBEAT))
         if beat is not None and beat.epoch_seconds > 0:
@@ -82,8 +87,10 @@ def collect(root: str | Path, sweep: str | Path | None = None, now: float | None
                                 "heartbeat_age_s": age, "stale": dead or age is None or age > STALE_BEAT_SECONDS})
             running_left.append((folder, beat))
         elif state == "failed":
-            out.failed.append({"run": str(folder.path), "reason": st.get("reason")})
-        if state not in ("completed", "running"):
+            out.failed.append({"run": str(folder.path), "reason": run.reason})
+        elif state == "broken":
+            out.broken.append({"run": str(folder.path), "reason": run.reason})
+        if state not in ("completed", "running") and not folder.is_completed():  # the runner skips the others
             waiting.append((folder, beat))
     per_epoch = sum(seconds) / len(seconds) if seconds else 0.0
     parallel = max((_remaining(f, b, per_epoch) for f, b in running_left), default=0.0)
@@ -103,6 +110,7 @@ def render(status: SweepStatus) -> str:
         lines.append(f"  running  {r['run']}  on {r['host']}, epoch {r['epoch']}, {age}"
                      + ("  (STALE: the process may be gone)" if r["stale"] else ""))
     lines += [f"  failed   {r['run']}: {r['reason']}" for r in status.failed]
+    lines += [f"  broken   {r['run']}: {r['reason']}" for r in status.broken]
     lines += [f"  missing  {m}" for m in status.missing]
     lines += [f"  stale lock {lock} (its process is gone; the next run takes it over)" for lock in status.stale_locks]
     if status.remaining_seconds:

@@ -5,8 +5,8 @@ Writes into the report folder::
     report.md         everything below in one page (table, differing fields, problems, figures)
     table.md          the Markdown table (also printed)      table.tex   the same table (booktabs)
     runs.csv          one row per run folder (any status)    aggregated.csv  one row per group
-    issues.csv        failed / interrupted / running / broken / invalid / missing grid points, and runs
-                      whose mask.pt cannot be used (damaged)
+    issues.csv        failed / interrupted / running / broken / invalid / missing grid points, runs
+                      whose mask.pt cannot be used (damaged), and copies of a run counted once (duplicate)
     rerun.txt         config files to run again (python main.py run $(cat rerun.txt))
     reference.md, reference.csv   with --reference: published cells beside ours (reporting.reference)
     overlap.csv, stability.csv, layer_density.csv
@@ -109,7 +109,8 @@ def collect_issues(runset: RunSet, sweep_dir: str | Path | None = None,
                     row["config_file"] = str(f)
     out = pd.DataFrame(rows, columns=ISSUE_COLUMNS).astype(object)
     out = out.where(out.notna(), None)
-    order = {"failed": 0, "interrupted": 1, "broken": 2, "running": 3, "invalid": 4, "missing": 5, "damaged": 6}
+    order = {"failed": 0, "interrupted": 1, "broken": 2, "running": 3, "invalid": 4, "missing": 5, "damaged": 6,
+             "duplicate": 7}
     return out.sort_values(["status", "config_file"], key=lambda s: s.map(lambda v: order.get(v, 9))
                            if s.name == "status" else s.fillna("")).reset_index(drop=True)
 
@@ -208,6 +209,9 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     if not runset.completed().empty and metric not in runset.runs.columns:
         known = sorted(c for c in runset.runs.columns if c.startswith(("final_test_", "best_val_test_")))
         log(f"warning: no completed run has '{metric}' in results.json; available: {', '.join(known)}")
+    if runset.duplicates:
+        log(f"warning: {runset.duplicates} run folder(s) are copies of other runs (same run identity): each run is "
+            f"counted once; the copies are listed as 'duplicate' in {out / 'issues.csv'}")
     agg, grouping = aggregate(runset, metric)
     md_table = pivot_table(agg, metric=metric)
     tex_table = pivot_table(agg, bold=(r"\textbf{", "}"), metric=metric)

@@ -7,8 +7,8 @@ without the seed: runs with the same group differ only in the seed and are the o
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 import compressors
 from runspec import RunSpec, identity_hash, non_identity_fields
-from runspec.folder import INVALID, Files, RunFolder, find_run_dirs
+from runspec.folder import INVALID, Files, RunFolder, RunState, find_run_dirs, read_record, read_state
 from utils.registry import UnknownName
 from utils.schema import ConfigError
 
@@ -83,6 +83,7 @@ class RunSet:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     invalid: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0  # run folders that repeat a completed run of the set (status ``duplicate``)
 
     def completed(self) -> pd.DataFrame:
         return self.runs[self.runs["status"] == "completed"]
@@ -95,58 +96,11 @@ def _get(tree: Any, *keys: str) -> Any:
     return tree
 
 
-def _read(folder: RunFolder, name: str) -> tuple[dict[str, Any] | None, str | None]:
-    """``(content, problem)`` of one JSON file of a run folder: (None, None) when it is absent."""
-    path = folder.file(name)
-    if not path.exists():
-        return None, None
-    try:
-        data = folder.read(name)
-    except (OSError, ValueError, RecursionError) as exc:
-        return None, f"{name} is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
-    if not isinstance(data, dict):
-        return None, f"{name} holds {type(data).__name__}, not an object"
-    return data, None
-
-
-def _config_problem(cfg: dict[str, Any]) -> str | None:
-    """What makes a config unusable for a table (the row and column keys of the wrong type), if anything."""
-    checks = {("dataset", "class"): str, ("model", "class"): str, ("training", "compressor", "class"): str,
-              ("training", "compressor", "sparsity"): (int, float), ("training", "compressor", "warmup"): int,
-              ("general", "seed"): int}
-    for keys, kind in checks.items():
-        value = _get(cfg, *keys)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"config.json: {'.'.join(keys)} is {value!r}, not {'a string' if kind is str else 'a number'}"
-    sparsity = _get(cfg, "training", "compressor", "sparsity")
-    if not (math.isfinite(sparsity) and 0 <= sparsity < 1):
-        return f"config.json: training.compressor.sparsity is {sparsity!r}, outside [0, 1)"
-    return None
-
-
-def _results_problem(results: dict[str, Any]) -> str | None:
-    """A number in ``results.json`` that is not finite (a damaged file): such a run is never averaged."""
-    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
-    return f"results.json: {', '.join(bad)} not finite ({results[bad[0]]!r})" if bad else None
-
-
-def _row(run_dir: Path, config: dict[str, Any] | None, status: dict[str, Any] | None,
-         results: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
-    cfg = config or {}
+def _row(run_dir: Path, rs: RunState) -> dict[str, Any]:
+    cfg, status, results = rs.config or {}, rs.status or {}, rs.results
     comp = _get(cfg, "training", "compressor") or {}
     opts = comp.get("options") or {}
-    st = (status or {}).get("status") or ("completed" if results is not None else "unknown")
-    reason = (status or {}).get("reason")
-    if status is None and results is None:
-        reason = "no status.json: the run is just starting, or was never started by the runner"
-    if st == "completed" and results is None:
-        st, reason = "broken", "status says completed but results.json is missing or unreadable"
-    if config is None:
-        reason = reason or "config.json is missing or unreadable"
-    problems = problems + [p for p in (config and _config_problem(cfg), results and _results_problem(results)) if p]
-    if problems or not isinstance(st, str):
-        st, reason = "broken", "; ".join(problems) or f"status.json: status is {st!r}"
-    usable = st != "broken"
+    usable = rs.state != "broken"
     row: dict[str, Any] = {
         "dataset": _get(cfg, "dataset", "class") if usable else None,
         "model": _get(cfg, "model", "class") if usable else None,
@@ -156,12 +110,11 @@ def _row(run_dir: Path, config: dict[str, Any] | None, status: dict[str, Any] | 
         "sparsity": (0.0 if is_dense(comp.get("class")) else comp.get("sparsity")) if usable else None,
         "seed": _get(cfg, "general", "seed") if usable else None,
         "options_seed": opts.get("seed") if isinstance(opts, dict) and usable else None,
-        "status": st,
-        "reason": reason,
-        "group": group_hash(cfg) if config is not None and usable else None,
+        "status": rs.state,
+        "reason": rs.reason,
+        "group": group_hash(cfg) if rs.config is not None and usable else None,
         "run_dir": str(run_dir),
-        "config_file": (status or {}).get("config_file") if isinstance((status or {}).get("config_file"), str)
-        else None,
+        "config_file": status.get("config_file") if isinstance(status.get("config_file"), str) else None,
     }
     for key, value in (results or {}).items() if usable else ():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -170,19 +123,44 @@ def _row(run_dir: Path, config: dict[str, Any] | None, status: dict[str, Any] | 
 
 
 def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
-    """``(row, config, results)`` of one run folder; anything wrong with its files makes the row ``broken``
-    with the reason (the folder is listed among the report's issues), never an exception."""
-    folder = RunFolder(run_dir)
-    try:
-        (config, p1), (status, p2), (res, p3) = (_read(folder, f) for f in (Files.CONFIG, Files.STATUS, Files.RESULTS))
-        problems = [p for p in (p1, p2, p3) if p]
-        row = _row(run_dir, config, status, res, problems)
-    except Exception as exc:  # noqa: BLE001 - one garbage folder never stops a report
-        row = _row(run_dir, None, None, None, [f"cannot be read ({type(exc).__name__}: {exc})"])
-        config = res = None
+    """``(row, config, results)`` of one run folder; anything wrong with its files (unreadable, or impossible
+    numbers: :func:`runspec.folder.read_state`, the rule ``main.py status`` follows too) makes the row
+    ``broken`` with the reason (the folder is listed among the report's issues), never an exception."""
+    rs = read_state(RunFolder(run_dir))
+    row = _row(run_dir, rs)
     if row["status"] == "broken":
         return row, None, None
-    return row, config, res
+    return row, rs.config, rs.results
+
+
+def _digest(results: dict[str, Any]) -> str:
+    """SHA-256 of a results.json's content (canonical JSON: the same numbers give the same digest)."""
+    return hashlib.sha256(json.dumps(results, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def mark_duplicates(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]],
+                    results: dict[str, dict[str, Any]]) -> int:
+    """Completed runs of one run identity (the hash of :meth:`spec.RunSpec.identity`, seed included: the
+    ``<hash>`` of ``seed_<n>-<hash>``) reached through several folders (copies under sub-folders, or two
+    results roots below the one reported): the first (by path) is counted, the others become ``duplicate``
+    with the counted folder and whether their results.json content is the same.  Returns how many."""
+    first: dict[str, tuple[str, str]] = {}
+    marked = 0
+    for row in sorted(rows, key=lambda r: r["run_dir"]):
+        if row["status"] != "completed" or row["run_dir"] not in configs:
+            continue
+        identity = group_hash(configs[row["run_dir"]], without=())
+        digest = _digest(results.get(row["run_dir"], {}))
+        if identity not in first:
+            first[identity] = (row["run_dir"], digest)
+            continue
+        kept, kept_digest = first[identity]
+        same = ("identical results.json" if digest == kept_digest else
+                f"different results.json (sha256 {digest[:12]} here, {kept_digest[:12]} there: a rerun?)")
+        row["status"] = "duplicate"
+        row["reason"] = f"the same run (identity {identity}) as {kept}, {same}: counted once, as {kept}"
+        marked += 1
+    return marked
 
 
 def load_runs(root: str | Path, *, progress: bool = True) -> RunSet:
@@ -197,16 +175,17 @@ def load_runs(root: str | Path, *, progress: bool = True) -> RunSet:
             configs[str(run_dir)] = config
         if res is not None:
             results[str(run_dir)] = res
+    duplicates = mark_duplicates(rows, configs, results)
     runs = pd.DataFrame(rows)
     for col in RUN_COLUMNS:
         if col not in runs.columns:
             runs[col] = pd.Series(dtype=object)
     invalid = []
     for status_file in sorted((root / INVALID).glob(f"*/{Files.STATUS}")):
-        st, problem = _read(RunFolder(status_file.parent), Files.STATUS)
+        st, problem = read_record(RunFolder(status_file.parent), Files.STATUS)
         st = st or {}
         listed = st.get("problems") if isinstance(st.get("problems"), list) else []
         invalid.append({"status": "invalid", "config_file": st.get("config_file"),
                         "reason": problem or "; ".join(map(str, listed)) or st.get("reason"),
                         "run_dir": str(status_file.parent)})
-    return RunSet(root, runs, configs, results, invalid)
+    return RunSet(root, runs, configs, results, invalid, duplicates)

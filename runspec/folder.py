@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -208,6 +209,138 @@ class Heartbeat:
 def is_completed(status: Any, results: Any) -> bool:
     """A run is completed when its status says so and its results could be read."""
     return isinstance(status, dict) and status.get("status") == "completed" and isinstance(results, dict)
+
+
+# ------------------------------------------------------------------ validity: the one rule report and status share
+UNIT_SUFFIXES = ("_acc", "_precision", "_recall", "_f1", "_sparsity", "_density")      # fractions: in [0, 1]
+COUNT_SUFFIXES = ("_loss", "_seconds", "_parameters")                                  # never negative
+COUNT_PREFIXES = ("params_", "flops_")
+COUNT_FIELDS = ("epochs", "best_val_epoch", "score_cache_hits", "score_cache_misses", "mask_samples")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _value_range(key: str, results: dict[str, Any]) -> str | None:
+    """``"unit"`` ([0, 1]), ``"count"`` (>= 0) or None (no rule) for a ``results.json`` field."""
+    if key == "best_val_metric":
+        metric = str(results.get("validation_metric", ""))
+        return "count" if metric.endswith("loss") else "unit" if metric.endswith(UNIT_SUFFIXES[:4]) or metric in (
+            "acc", "precision", "recall", "f1") else None
+    if key.endswith(UNIT_SUFFIXES) or key == "layer_density":
+        return "unit"
+    if key.endswith(COUNT_SUFFIXES) or key.startswith(COUNT_PREFIXES) or key in COUNT_FIELDS:
+        return "count"
+    return None
+
+
+def _out_of_range(value: float, kind: str) -> str | None:
+    if kind == "unit" and not 0 <= value <= 1:
+        return "outside [0, 1]"
+    if kind == "count" and value < 0:
+        return "negative"
+    return None
+
+
+def results_problems(results: Any) -> list[str]:
+    """What makes a ``results.json`` impossible, one line each (empty: the numbers can be used).  The rule
+    ``main.py report`` and ``main.py status`` share: a number that is not finite; a fraction (``*_acc``,
+    ``*_precision``, ``*_recall``, ``*_f1``, ``*_sparsity``, ``layer_density``) outside [0, 1]; a loss, a time
+    (``*_seconds``, ``epoch_seconds``) or a count (parameters, FLOPs, epochs) below 0; a text or true/false where
+    one of these numbers belongs.  A missing field or ``null`` is not a problem (older versions lack some)."""
+    if not isinstance(results, dict):
+        return [f"{Files.RESULTS} holds {type(results).__name__}, not an object"]
+    out: list[str] = []
+    infinite = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if infinite:
+        out.append(f"{', '.join(infinite)} not finite ({results[infinite[0]]!r})")
+    for key, value in results.items():
+        kind = _value_range(key, results)
+        if kind is None or value is None or key in infinite:
+            continue
+        if isinstance(value, (list, dict)):
+            items = value.values() if isinstance(value, dict) else value
+            for item in items:
+                why = ("not a number" if not _is_number(item) else "not finite" if not math.isfinite(item)
+                       else _out_of_range(item, kind))
+                if why:
+                    out.append(f"{key} holds {item!r}, {why}")
+                    break
+        elif not _is_number(value):
+            out.append(f"{key} is {value!r}, not a number")
+        elif why := _out_of_range(value, kind):
+            out.append(f"{key} is {value!r}, {why}")
+    return [f"{Files.RESULTS}: {p}" for p in out]
+
+
+def config_problems(config: Any) -> list[str]:
+    """What makes a resolved ``config.json`` unusable for a report (its row and column keys of the wrong type,
+    a sparsity outside [0, 1)): a run with such a config is ``broken`` for report and status alike."""
+    if not isinstance(config, dict):
+        return [f"{Files.CONFIG} holds {type(config).__name__}, not an object"]
+    checks = {("dataset", "class"): str, ("model", "class"): str, ("training", "compressor", "class"): str,
+              ("training", "compressor", "sparsity"): (int, float), ("training", "compressor", "warmup"): int,
+              ("general", "seed"): int}
+    for keys, kind in checks.items():
+        value: Any = config
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return [f"{Files.CONFIG}: {'.'.join(keys)} is {value!r}, not {'a string' if kind is str else 'a number'}"]
+    sparsity = config["training"]["compressor"]["sparsity"]
+    if not (math.isfinite(sparsity) and 0 <= sparsity < 1):
+        return [f"{Files.CONFIG}: training.compressor.sparsity is {sparsity!r}, outside [0, 1)"]
+    return []
+
+
+@dataclass
+class RunState:
+    """Where one run folder stands for ``report`` and ``status`` alike (:func:`read_state`): ``state`` is a
+    status of ``status.json`` (running, completed, failed, interrupted), ``unknown`` (no status.json nor
+    results.json yet) or ``broken`` (a file unreadable, or impossible numbers: ``reason`` says which)."""
+
+    state: str
+    reason: Optional[str]
+    config: Optional[dict[str, Any]] = None
+    status: Optional[dict[str, Any]] = None
+    results: Optional[dict[str, Any]] = None
+
+
+def read_record(folder: RunFolder, name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(content, problem)`` of one JSON file of a run folder: (None, None) when it is absent."""
+    if not folder.file(name).exists():
+        return None, None
+    try:
+        data = folder.read(name)
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, f"{name} is unreadable ({type(exc).__name__}: {str(exc)[:200]})"
+    if not isinstance(data, dict):
+        return None, f"{name} holds {type(data).__name__}, not an object"
+    return data, None
+
+
+def read_state(folder: RunFolder) -> RunState:
+    """The state of a run folder, from its config.json, status.json and results.json; never an exception."""
+    try:
+        (config, p1), (status, p2), (results, p3) = (read_record(folder, f)
+                                                     for f in (Files.CONFIG, Files.STATUS, Files.RESULTS))
+        problems = [p for p in (p1, p2, p3) if p]
+        state = (status or {}).get("status") or ("completed" if results is not None else "unknown")
+        reason = (status or {}).get("reason")
+        if status is None and results is None:
+            reason = "no status.json: the run is just starting, or was never started by the runner"
+        if state == "completed" and results is None:
+            state, reason = "broken", "status says completed but results.json is missing or unreadable"
+        if config is None:
+            reason = reason or "config.json is missing or unreadable"
+        problems += (config_problems(config) if config else []) + (results_problems(results) if results else [])
+        if problems or not isinstance(state, str):
+            state, reason = "broken", "; ".join(problems) or f"status.json: status is {state!r}"
+        return RunState(state, reason if isinstance(reason, str) or reason is None else str(reason),
+                        config, status, results)
+    except Exception as exc:  # noqa: BLE001 - one garbage folder never stops a report or a status
+        return RunState("broken", f"cannot be read ({type(exc).__name__}: {exc})")
 
 
 class RunFolder:

@@ -336,3 +336,75 @@ def test_legends_of_many_variants_stay_inside_the_figure_and_off_the_plot():
     assert box.x0 >= plot.x1  # beside the axes, not over the lines
     assert plot.width > 0.3 * page.width  # and the plot keeps a usable width
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------- copies and impossible values
+def _copy_run(run: Path, root: Path, to: Path) -> Path:
+    """``run`` (a run folder of the results root ``root``) copied to the same place below ``to``."""
+    import shutil
+
+    target = to / run.relative_to(root)
+    shutil.copytree(run, target)
+    return target
+
+
+def test_copies_of_one_run_are_counted_once_and_listed(tmp_path):
+    results = tmp_path / "results"
+    run = make_run(results / "a", seed=0, acc=0.9528)
+    make_run(results / "a", seed=1, acc=0.9)
+    copies = [_copy_run(run, results / "a", results / name) for name in ("b", "c")]
+    logged: list[str] = []
+    report = build_report(results, tmp_path / "rep", figures=False, progress=False, log=logged.append)
+    (row,) = report.aggregated.itertuples()
+    assert row.n == 2 and row.seeds == "0,1" and row.mean == pytest.approx((0.9528 + 0.9) / 2)
+    dup = report.issues[report.issues["status"] == "duplicate"]
+    assert sorted(dup["run_dir"]) == sorted(map(str, copies))
+    assert all(str(run) in reason and "identical results.json" in reason for reason in dup["reason"])
+    assert any(line.startswith("warning: 2 run folder(s) are copies") for line in logged)
+    issues_csv = pd.read_csv(tmp_path / "rep" / "issues.csv")
+    assert sorted(issues_csv.loc[issues_csv["status"] == "duplicate", "run_dir"]) == sorted(map(str, copies))
+    assert "duplicate" in report.markdown and (tmp_path / "rep" / "rerun.txt").read_text() == ""
+
+
+def test_the_parent_of_two_results_roots_counts_their_common_runs_once(tmp_path):
+    one = [make_run(tmp_path / "one", seed=s, acc=0.9 + s / 100) for s in (0, 1)]
+    two = tmp_path / "two"
+    import shutil
+
+    shutil.copytree(tmp_path / "one", two)
+    (one[1] / "results.json").write_text(json.dumps({"final_test_acc": 0.5, "best_val_test_acc": 0.5}))  # a rerun
+    report = build_report(tmp_path, tmp_path / "rep", figures=False, progress=False, log=lambda s: None)
+    (row,) = report.aggregated.itertuples()
+    assert row.n == 2 and row.seeds == "0,1"
+    dup = report.issues[report.issues["status"] == "duplicate"].set_index("run_dir")
+    assert len(dup) == 2
+    assert "identical results.json" in dup.loc[str(two / one[0].relative_to(tmp_path / "one")), "reason"]
+    assert "different results.json" in dup.loc[str(two / one[1].relative_to(tmp_path / "one")), "reason"]
+
+
+IMPOSSIBLE = {  # results.json field -> a value it can never hold, and the reason's words
+    "best_val_test_acc": (-3, "best_val_test_acc is -3, outside [0, 1]"),
+    "final_test_acc": (17.5, "final_test_acc is 17.5, outside [0, 1]"),
+    "final_test_loss": (-0.5, "final_test_loss is -0.5, negative"),
+    "train_seconds": (-2.0, "train_seconds is -2.0, negative"),
+    "epoch_seconds": ([1.0, -1.0], "epoch_seconds holds -1.0, negative"),
+    "layer_density": ({"fc.weight": 1.5}, "layer_density holds 1.5, outside [0, 1]"),
+    "final_test_f1": ("high", "final_test_f1 is 'high', not a number"),
+}
+
+
+def test_impossible_values_make_a_run_broken_never_averaged(tmp_path):
+    for s in (0, 1):
+        make_run(tmp_path, seed=s, acc=0.9)
+    bad = {}
+    for i, (key, (value, _)) in enumerate(IMPOSSIBLE.items(), start=2):
+        bad[key] = make_run(tmp_path, seed=i, acc=0.9)
+        res = json.loads((bad[key] / "results.json").read_text())
+        (bad[key] / "results.json").write_text(json.dumps({**res, key: value}))
+    report = build_report(tmp_path, tmp_path / "rep", figures=False, progress=False, log=lambda s: None)
+    (row,) = report.aggregated.itertuples()
+    assert row.n == 2 and row.seeds == "0,1" and row.mean == pytest.approx(0.9)
+    issues = report.issues.set_index("run_dir")
+    for key, (_, words) in IMPOSSIBLE.items():
+        assert issues.loc[str(bad[key]), "status"] == "broken", key
+        assert f"results.json: {words}" in issues.loc[str(bad[key]), "reason"], key
