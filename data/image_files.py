@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 from torchvision.transforms import functional as F
+from tqdm.auto import tqdm
 
 Sample = tuple[str, int]
 
@@ -25,9 +27,41 @@ def scan(folder: Path, class_to_idx: dict[str, int]) -> list[Sample]:
     return make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
 
 
+def empty_classes(classes: Sequence[str], samples: Sequence[Sample]) -> list[str]:
+    """The names among ``classes`` (label i = ``classes[i]``) that no sample carries."""
+    held = {label for _, label in samples}
+    return [c for i, c in enumerate(classes) if i not in held]
+
+
 def load_rgb(path: str) -> Image.Image:
     with open(path, "rb") as fh:
         return Image.open(fh).convert("RGB")
+
+
+def decode_problem(path: str) -> Optional[str]:
+    """None if ``path`` decodes fully as an image, else why not (one line; never the file's bytes)."""
+    try:
+        with open(path, "rb") as fh, Image.open(fh) as img:
+            img.convert("RGB").load()
+    except UnidentifiedImageError:
+        return "not an image format PIL recognises"
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... for bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = first.replace(repr(path), "the file").replace(path, "the file")
+        return f"{type(exc).__name__}{': ' + first[:200] if first else ''}"
+    return None
+
+
+def undecodable(paths: Iterable[str], desc: str = "decoding images", workers: Optional[int] = None
+                ) -> list[tuple[str, str]]:
+    """(path, reason) of every file of ``paths`` that does not decode as an image, in the given order;
+    decoded by a thread pool (PIL releases the GIL while decoding) behind a tqdm progress bar."""
+    paths = list(paths)
+    workers = workers or min(32, (os.cpu_count() or 1) + 4)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(tqdm(pool.map(decode_problem, paths), total=len(paths), desc=desc, unit="image",
+                            leave=False, disable=None))
+    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
 
 
 class FitSquare:

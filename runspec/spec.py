@@ -150,20 +150,43 @@ class RunSpec:
         return [dataclasses.replace(p, file=self.file) for p in problems]
 
     def data_problems(self, seen: dict[str, list[Problem]] | None = None) -> list[Problem]:
-        """Is the dataset present (read from disk, never downloaded) and does ``model.num_classes`` fit it?
-        ``validate --data``; ``seen`` caches the answer per dataset (name, root, options) across configs."""
+        """Is the dataset present (read from disk, never downloaded), does every image file of every split
+        decode (each bad one named) and does ``model.num_classes`` fit it?  ``validate --data``; ``seen``
+        caches the answer per dataset (name, root, options) across configs."""
         ds = self.config.dataset
         key = json.dumps([ds.name, ds.root, ds.options, self.config.model.num_classes], sort_keys=True, default=str)
         seen = {} if seen is None else seen
         if key not in seen:
-            seen[key] = []
+            seen[key] = found = []
             try:
-                splits = data.get(ds.name)(root=ds.root, download=False, **ds.options).load()
-                problem = class_count_problem(self.config.model.num_classes, splits.num_classes, ds.name)
-                if problem:
-                    seen[key].append(Problem("model.num_classes", problem))
+                from data.image_files import undecodable
+
+                source = data.get(ds.name)(root=ds.root, download=False, **ds.options)
+                checked: set[str] = set()
+
+                def bad_images(named: dict[str, list]) -> list[Problem]:
+                    """Decode every image file of each split (once) and name each that does not decode."""
+                    out = []
+                    for split, samples in named.items():
+                        paths = [str(p) for p, _ in samples if str(p) not in checked]
+                        checked.update(paths)
+                        out += [Problem("dataset", f"dataset '{ds.name}': {split} image {path} cannot be "
+                                                   f"decoded ({why})")
+                                for path, why in undecodable(paths, desc=f"decoding {ds.name} {split} images")]
+                    return out
+
+                listing = getattr(source, "image_samples", None)
+                if callable(listing):  # before load(): it computes statistics from the training images
+                    found += bad_images(listing())
+                if not found:
+                    splits = source.load()
+                    found += bad_images({split: getattr(splits, split).samples for split in ("train", "test")
+                                         if isinstance(getattr(getattr(splits, split), "samples", None), list)})
+                    problem = class_count_problem(self.config.model.num_classes, splits.num_classes, ds.name)
+                    if problem:
+                        found.append(Problem("model.num_classes", problem))
             except Exception as exc:  # noqa: BLE001 - whatever stops the data from loading is the answer
-                seen[key].append(Problem("dataset", f"dataset '{ds.name}' cannot be read: {exc}"))
+                found.append(Problem("dataset", f"dataset '{ds.name}' cannot be read: {exc}"))
         return [dataclasses.replace(p, file=self.file) for p in seen[key]]
 
     # ------------------------------------------------------------------------ identity

@@ -236,3 +236,53 @@ def test_imagenet_reads_an_imagefolder_root(tmp_path: Path) -> None:
     assert splits.train[0][0].shape == (3, 32, 32) and splits.test[0][0].shape == (3, 32, 32)
     with pytest.raises(DatasetUnavailable, match="image-net.org"):
         data.get("imagenet")(root=str(tmp_path / "none")).load()
+
+
+# ------------------------------------------------------------------ issue 22.5: empty classes, undecodable images
+def test_an_empty_class_folder_is_an_error_or_dropped_with_the_count_stated(tmp_path: Path) -> None:
+    write_image_tree(tmp_path / "d", splits=("train", "test"), classes=("a", "b", "c"), size=(8, 8))
+    (tmp_path / "d" / "train" / "empty").mkdir()
+    (tmp_path / "d" / "train" / "empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError) as err:
+        data.get("imagefolder")(root=str(tmp_path), path="d", image_size=8).load()
+    text = str(err.value)
+    assert str(tmp_path / "d" / "train" / "empty") in text and "no image files" in text and "empty_classes" in text
+    with pytest.warns(UserWarning, match=r"dropped 1 empty class folder.*'empty'.*3 classes"):
+        splits = data.get("imagefolder")(root=str(tmp_path), path="d", image_size=8, empty_classes="drop").load()
+    assert splits.num_classes == 3 and set(splits.train.targets) == {0, 1, 2}
+    assert {Path(p).parent.name: y for p, y in splits.test.samples} == {"a": 0, "b": 1, "c": 2}
+    # an empty class folder in the evaluation split is named too
+    (tmp_path / "d" / "train" / "empty").rename(tmp_path / "gone")
+    (tmp_path / "d" / "test" / "c2").mkdir()
+    (tmp_path / "d" / "train" / "c2").mkdir()
+    write_image_tree(tmp_path / "extra", splits=("train",), classes=("c2",), size=(8, 8))
+    for f in (tmp_path / "extra" / "train" / "c2").iterdir():
+        f.rename(tmp_path / "d" / "train" / "c2" / f.name)
+    with pytest.raises(ValueError, match=str(tmp_path / "d" / "test" / "c2")):
+        data.get("imagefolder")(root=str(tmp_path), path="d", image_size=8).load()
+
+
+def test_validate_data_decodes_every_image_and_names_each_bad_one(tmp_path: Path, capsys) -> None:
+    import main
+
+    write_image_tree(tmp_path / "d", splits=("train", "test"), fmt="JPEG", size=(8, 8))
+    bad_test = tmp_path / "d" / "test" / "b" / "1.jpeg"
+    bad_test.write_bytes(bad_test.read_bytes()[:40])  # truncated
+    bad_test2 = tmp_path / "d" / "test" / "c" / "broken.jpg"
+    bad_test2.write_bytes(b"\xff\xd8\xff not a JPEG at all")
+    cfg = {"general": {"experiment": "pbt", "gpu": {"ngpus": 0}},
+           "dataset": {"class": "imagefolder", "root": str(tmp_path), "options": {"path": "d", "image_size": 8}},
+           "model": {"class": "resnet18", "num_classes": 3},
+           "training": {"num_steps": 1, "compressor": {"class": "none"}}}
+    path = tmp_path / "folder.json"
+    path.write_text(json.dumps(cfg))
+    assert main.main(["validate", str(path)]) == 0
+    capsys.readouterr()
+    assert main.main(["validate", "--data", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"INVALID  {path}" in out and str(bad_test) in out and str(bad_test2) in out, out
+    assert "cannot be decoded" in out and out.count("cannot be decoded") == 2, out
+    for f in (bad_test, bad_test2):
+        f.unlink()
+    capsys.readouterr()
+    assert main.main(["validate", "--data", str(path)]) == 0, capsys.readouterr().out
