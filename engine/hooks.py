@@ -19,7 +19,8 @@ run has them too; state a hook keeps should live in ``run.state.extra``, which i
             return [*default[:at], weight_norm, *default[at:]]
 
 The default order (:data:`DEFAULT`): :func:`step_schedule`, :func:`sync_buffers`, :func:`count_epoch` (the
-row's training numbers), :func:`validate`, :func:`keep_best`, :func:`append_history`, :func:`heartbeat`,
+row's training numbers), :func:`check_divergence` (a diverged run fails here: it is never kept as the best
+model nor checkpointed), :func:`validate`, :func:`keep_best`, :func:`append_history`, :func:`heartbeat`,
 :func:`feed_trackers`, :func:`checkpoint`, :func:`write_history`, :func:`log_epoch`, then the caller's
 ``on_epoch_end(epoch, row)`` (:class:`Callback`) when there is one.
 
@@ -29,16 +30,27 @@ what they write goes through ``run.folder``, which only rank 0 really writes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 import compressors
 from engine.checkpoint import save_run
+from engine.loop import TrainingDiverged
 from engine.run import Run, state_to_cpu
 from runspec.folder import Files
 from utils import distributed
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
+
+DIVERGENCE_FACTOR = 1e4
+""":func:`check_divergence`: an epoch whose mean training loss is above ``DIVERGENCE_FACTOR`` times the
+reference (the run's first epoch's training loss, at least ln(classes), the cross-entropy of a uniform
+guess) has diverged.  A healthy run's loss falls from its first epoch (a learning-rate spike costs a few
+times it, a bad run stalls at ln(classes)); a diverging one grows by orders of magnitude in an epoch or two
+(the tiny digits run at lr 100: 2.3 -> 3e8 in its first epoch), long before its float32 values overflow."""
 
 
 @dataclass
@@ -84,6 +96,60 @@ def count_epoch(run: Run, end: EpochEnd) -> None:
         "lr": p["lr"], "train_loss": p["loss"] / n, "train_acc": p["correct"] / n, "epoch_seconds": p["seconds"],
         "images_per_s": n / p["seconds"] if p["seconds"] else 0.0})
     st.partial = {}
+
+
+def _first_non_finite(named: list[tuple[str, torch.Tensor]]) -> tuple[list[str], torch.Tensor | None]:
+    """The names of the tensors of ``named`` holding a NaN or an infinity, and the first one.  One sum per
+    tensor, stacked, and one host sync: a NaN or an infinity makes a sum non-finite, so finite sums (the
+    healthy case) prove every value finite; only tensors whose sum is not (a non-finite value, or finite
+    values overflowing the sum) are checked value by value.  A ResNet-18's 122 tensors take 16 ms on one
+    CPU thread (``isfinite(t).all()`` of every tensor: 200 ms)."""
+    if not named:
+        return [], None
+    with torch.no_grad():
+        sums = torch.stack([t.sum() for _, t in named])
+        suspects = (~torch.isfinite(sums)).nonzero().flatten().tolist()
+        bad = [named[i] for i in suspects if not bool(torch.isfinite(named[i][1]).all())]
+    return [n for n, _ in bad], bad[0][1] if bad else None
+
+
+def _describe(t: torch.Tensor) -> str:
+    t = t.detach().float()
+    kinds = [f"{int(k.sum())} {what}" for k, what in ((t.isnan(), "NaN"), (t == math.inf, "+inf"),
+                                                     (t == -math.inf, "-inf")) if bool(k.any())]
+    return f"{', '.join(kinds)} of {t.numel()} values"
+
+
+def check_divergence(run: Run, end: EpochEnd) -> None:
+    """:class:`engine.loop.TrainingDiverged` (the run fails, ``status.json`` names the epoch and the tensor)
+    when a parameter or floating-point buffer of the model (BN running statistics) holds a NaN or an
+    infinity, or the epoch's mean training loss is not finite or above :data:`DIVERGENCE_FACTOR` times the
+    run's first epoch's (at least ln(classes)).  Placed before :func:`keep_best` and :func:`checkpoint`, so a
+    diverged state is never kept or checkpointed: a rerun resumes from the last good epoch.  The check is one
+    sum per tensor, stacked, and one host sync per epoch (:func:`_first_non_finite`); every rank sees the
+    same synced buffers, parameters and summed loss, so every rank raises."""
+    tensors = [(n, t) for n, t in [*run.model.named_parameters(), *run.model.named_buffers()]
+               if t.is_floating_point() or t.is_complex()]
+    names, first = _first_non_finite(tensors)
+    loss = end.row.get("train_loss")
+    loss_text = f"train_loss {loss:.4g}" if loss is not None else "train_loss unknown"
+    if first is not None:
+        listed = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise TrainingDiverged(f"epoch {end.epoch}: {names[0]} is not finite ({_describe(first)}); "
+                               f"{len(names)} of {len(tensors)} tensors are: {listed} ({loss_text})")
+    if loss is None:
+        return
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"epoch {end.epoch}: {loss_text}, the mean training loss, is not finite")
+    history = run.state.history
+    first_loss = history[0].get("train_loss") if history else None
+    uniform = math.log(max(run.num_classes, 2))
+    reference = max(first_loss, uniform) if first_loss is not None and math.isfinite(first_loss) else uniform
+    if loss > DIVERGENCE_FACTOR * reference:
+        why = ("the first epoch's train_loss" if reference != uniform
+               else f"ln({run.num_classes}), a uniform guess's loss")
+        raise TrainingDiverged(f"epoch {end.epoch}: {loss_text} exploded: above {DIVERGENCE_FACTOR:g} x "
+                               f"{reference:.4g} ({why}; engine.hooks.DIVERGENCE_FACTOR)")
 
 
 def validate(run: Run, end: EpochEnd) -> None:
@@ -142,8 +208,8 @@ class Callback:
         self.fn(end.epoch, end.row)
 
 
-DEFAULT: tuple[Hook, ...] = (step_schedule, sync_buffers, count_epoch, validate, keep_best, append_history, heartbeat,
-                             feed_trackers, checkpoint, write_history, log_epoch)
+DEFAULT: tuple[Hook, ...] = (step_schedule, sync_buffers, count_epoch, check_divergence, validate, keep_best,
+                             append_history, heartbeat, feed_trackers, checkpoint, write_history, log_epoch)
 
 
 def default_hooks(on_epoch_end: EpochCallback | None = None) -> list[Hook]:

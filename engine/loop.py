@@ -17,7 +17,9 @@ from utils.threads import single_thread_on_cpu
 
 
 class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """Training diverged: the loss became NaN or infinite within an epoch (:func:`train_epoch`), or at the end
+    of an epoch a weight or BN statistic is not finite or the loss exploded (:func:`engine.hooks.check_divergence`).
+    The message names the epoch and the tensor; the runner records the run ``failed`` with it."""
 
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -129,8 +131,8 @@ def train_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimize
 
     def check_finite() -> None:
         if bool(nonfinite):
-            raise TrainingDiverged(f"training loss became NaN or infinite within the first {seen} samples of "
-                                   "this epoch")
+            raise TrainingDiverged(f"{desc}: the training loss became NaN or infinite within the first {seen} "
+                                   "samples of this epoch")
 
     for x, y in bar:
         x, y = _to_input(x, device, channels_last), y.to(device, non_blocking=True)
