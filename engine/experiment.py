@@ -28,7 +28,7 @@ from engine.stages import Stage, Train
 from engine.trackers import close_trackers, start_trackers
 from runspec import RunSpec
 from runspec.config import ExperimentConfig
-from runspec.folder import RunFolder
+from runspec.folder import Files, RunFolder
 from utils.schema import NoOptions, Problem
 
 
@@ -65,14 +65,25 @@ class Experiment:
         return {}
 
 
+class NotRepairable(RuntimeError):
+    """``execute(..., repair=True)`` on a run whose checkpoint is not at the end: repairing would train."""
+
+
 def execute(spec: RunSpec, folder: RunFolder, *, log: Callable[[str], None] = print,
-            on_epoch_end: EpochCallback | None = None, resume: bool = True) -> dict[str, Any]:
-    """Run (or resume) the experiment of ``spec`` in ``folder``; returns the results."""
+            on_epoch_end: EpochCallback | None = None, resume: bool = True, repair: bool = False) -> dict[str, Any]:
+    """Run (or resume) the experiment of ``spec`` in ``folder``; returns the results.  ``repair``: only rewrite
+    what :func:`finish` writes (and ``config.json``) from a checkpoint at the end of the run; a run without
+    one raises :class:`NotRepairable` before any stage runs."""
     experiment = spec.experiment(spec)
     run = assemble(spec, folder, log=log, on_epoch_end=on_epoch_end, experiment=experiment)
     stages = experiment.stages(run)
     run.total_epochs = math.ceil(max((s.until for s in stages if isinstance(s, Train)), default=0))
-    if resume and restore_run(run):
+    restored = (resume or repair) and restore_run(run)
+    if repair and (not restored or run.state.stage < len(stages)):
+        where = f"at stage {run.state.stage + 1}/{len(stages)}" if restored else "missing or damaged"
+        raise NotRepairable(f"{Files.CHECKPOINT} is {where}, not at the end of the run: rebuilding the run's "
+                            "files from it would train again")
+    if restored:
         where = stages[run.state.stage].describe() if run.state.stage < len(stages) else "the end"
         log(f"  resuming at stage {run.state.stage + 1}/{len(stages)} ({where}), after {run.state.step} "
             f"training steps")

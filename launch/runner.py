@@ -8,6 +8,12 @@ A run's status lives in its run folder (:mod:`runspec.folder`); the failures of 
 resolved (bad field, unknown name) has no run folder; its failure is recorded under
 ``<root>/invalid/<file-stem>-<hash of its path>/status.json`` and removed once the file is fixed.  Any
 error while reading one config or one run folder is that config's failure, never the batch's.
+
+A run whose status says completed is skipped only when the files the end of a run writes are sound
+(:func:`completed_damage`: ``config.json`` and ``results.json`` readable and possible, ``mask.pt`` and
+``final_model.pt`` present with a matching content digest).  Otherwise it is repaired from its intact
+``checkpoint.pt`` at the end of the run, without training (:func:`engine.execute` with ``repair``), or, with
+no such checkpoint, refused with a failure that says to use ``--force``; either is noted in ``status.json``.
 """
 
 from __future__ import annotations
@@ -23,9 +29,20 @@ from typing import Any, Callable, Iterable
 
 from engine import execute
 from runspec import RunSpec
-from runspec.folder import Files, RunFolder, StatusRecord, batch_record_path, invalid_dir, results_root
+from runspec.folder import (
+    Files,
+    RunFolder,
+    StatusRecord,
+    batch_record_path,
+    config_problems,
+    invalid_dir,
+    read_record,
+    read_state,
+    results_problems,
+    results_root,
+)
 from utils import distributed
-from utils.io import json_files, write_json
+from utils.io import IntegrityError, check_digest, json_files, load_torch, write_json
 from utils.locks import RunBusy, run_lock
 from utils.schema import ConfigError, Problem
 
@@ -96,7 +113,7 @@ def _run_config(path: Path, results: str | Path | None, tic: float, *, force: bo
     comp = spec.config.training.compressor
     outcome = RunOutcome(str(path), "completed", str(folder.path), comp.name, comp.sparsity, spec.config.general.seed,
                          id=spec.config.general.id)
-    if folder.is_completed() and not force:
+    if not force and completed_damage(folder) == []:
         return _skipped(outcome, folder)
     rank = distributed.from_environment()
     if rank.distributed and not rank.main:
@@ -158,8 +175,11 @@ def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutco
                  ready: Callable[[bool], None] | None = None) -> RunOutcome:
     """The part of :func:`run_config` that runs while this process holds the run folder's lock (``ready``:
     called once the folder is prepared, to let the other ranks of a distributed run start)."""
-    if folder.is_completed() and not force:  # finished by another process while we waited for the lock
+    damage = None if force else completed_damage(folder)
+    if damage == []:  # finished (or repaired) by another process while we waited for the lock
         return _skipped(outcome, folder)
+    if damage:
+        return _repair(spec, folder, outcome, tic, damage, log=log, ready=ready)
     if force or restart:
         shutil.rmtree(folder.path, ignore_errors=True)  # start over: nothing stale survives
     status = StatusRecord.from_json(folder.status()) or StatusRecord()
@@ -188,6 +208,76 @@ def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutco
     outcome.seconds = time.perf_counter() - tic
     folder.set_status("completed", seconds=outcome.seconds, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     folder.file(Files.CHECKPOINT_PREV).unlink(missing_ok=True)  # the fallback is not needed any more
+    _fill_results(outcome, res)
+    return outcome
+
+
+def _torch_file_problem(folder: RunFolder, name: str) -> str | None:
+    """Why the torch file ``name`` of a run folder is not sound (None: it is): missing, unreadable, or its
+    content digest does not match (a file of an older version without a digest is sound if torch reads it)."""
+    path = folder.file(name)
+    if not path.is_file():
+        return f"{name} is missing"
+    try:
+        check_digest(path)
+    except IntegrityError as exc:
+        if exc.kind != "missing":
+            return f"{name}: {exc.reason}"
+        try:
+            load_torch(path, verify=False)
+        except Exception:  # noqa: BLE001 - truncated or not a torch file
+            return f"{name}: {exc.reason}"
+    except OSError as exc:
+        return f"{name} is unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def completed_damage(folder: RunFolder) -> list[str] | None:
+    """None when ``status.json`` does not say completed; else what is wrong with the files the end of the run
+    wrote, one line each (empty: the run is sound and is skipped): ``config.json`` and ``results.json``
+    missing, unreadable or impossible (the rule of :func:`runspec.folder.read_state`), ``mask.pt`` or
+    ``final_model.pt`` missing, unreadable or damaged."""
+    status = folder.status()
+    if not status or status.get("status") != "completed":
+        return None
+    problems: list[str] = []
+    for name, check in ((Files.CONFIG, config_problems), (Files.RESULTS, results_problems)):
+        data, problem = read_record(folder, name)
+        problems += [problem] if problem else [f"{name} is missing"] if data is None else check(data)
+    problems += [p for p in (_torch_file_problem(folder, n) for n in (Files.MASK, Files.FINAL_MODEL)) if p]
+    if not problems and (state := read_state(folder)).state == "broken":
+        problems.append(state.reason or "broken")
+    return problems
+
+
+def _repair(spec: RunSpec, folder: RunFolder, outcome: RunOutcome, tic: float, damage: list[str], *,
+            log: Callable[[str], None], ready: Callable[[bool], None] | None) -> RunOutcome:
+    """Rebuild the damaged end-of-run files of a completed run from its checkpoint (no stage runs again), or
+    refuse, saying why and to use --force; either way noted in ``status.json``, whose status stays completed."""
+    what = "; ".join(damage)
+    problem = _torch_file_problem(folder, Files.CHECKPOINT)
+    if problem is None and ready is not None:
+        problem = "a distributed run is repaired by a rerun in one process"
+    if problem is None:
+        log(f"  completed run damaged ({what}): repairing from {Files.CHECKPOINT}, without training")
+        try:
+            res = execute(spec, folder, log=log, repair=True)
+        except Exception as exc:  # noqa: BLE001 - a refusal, recorded like any failure below
+            problem = f"{type(exc).__name__}: {exc}"
+    if ready is not None:
+        ready(False)  # the other ranks do not train
+    if problem is not None:
+        text = (f"completed run damaged ({what}) and cannot be repaired: {problem}; rerun it with --force "
+                "to train it again from scratch")
+        log(f"  {text}")
+        folder.note(text)
+        outcome.status, outcome.reason, outcome.seconds = "failed", text, time.perf_counter() - tic
+        return outcome
+    text = f"repaired from {Files.CHECKPOINT} without training: {what}"
+    log(f"  {text}")
+    folder.note(text)
+    outcome.seconds = time.perf_counter() - tic
+    outcome.extra["repaired"] = damage
     _fill_results(outcome, res)
     return outcome
 
