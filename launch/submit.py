@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import submitit
 
-from launch.runner import TASK_LOG, RunOutcome, run_config
+from launch.runner import TASK_LOG, RunOutcome, completed_damage, run_config
 from runspec import RunSpec
 from runspec.folder import results_root
 from utils.schema import ConfigError
@@ -67,10 +67,11 @@ def plan(configs: list[Path], results: str | None, force: bool, restart: bool = 
             out.problems += [str(p) for p in exc.problems]
             continue
         folder = spec.folder(results_root(results, spec.config.general.output_dir))
-        if folder.is_completed() and not force:
+        damage = completed_damage(folder)  # None: not completed; []: sound; else what its task repairs
+        if damage == [] and not force:
             out.completed.append(path)
             continue
-        if force or restart:
+        if force or (restart and damage is None):
             shutil.rmtree(folder.path, ignore_errors=True)
         out.todo.append(path)
     return out

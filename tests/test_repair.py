@@ -125,3 +125,16 @@ def test_without_an_intact_checkpoint_the_rerun_refuses_and_says_force(done, cap
     # --force still trains it again from scratch
     assert main.main(["run", str(config), "--results", str(root), "--force"]) == 0
     assert "epoch " in capsys.readouterr().out
+
+
+def test_the_launchers_plan_sends_a_damaged_completed_run_to_be_repaired(done) -> None:
+    """``--launcher local`` / ``slurm`` plan first: a sound completed run is left out, a damaged one is a task
+    (which repairs it), and ``--restart`` never deletes a completed run's folder."""
+    from launch.submit import plan
+
+    config, root, run_dir, _ = done
+    assert plan([config], str(root), force=False).completed == [config]
+    (run_dir / Files.FINAL_MODEL).unlink()
+    damaged = plan([config], str(root), force=False, restart=True)
+    assert damaged.todo == [config] and damaged.completed == []
+    assert (run_dir / Files.CHECKPOINT).exists()
