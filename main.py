@@ -222,8 +222,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ReferenceError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2
-    report = build_report(args.results, out, metric=args.metric, sweep_dir=args.sweep, sparsity=args.sparsity,
-                          figures=not args.no_figures, reference=reference)
+    from utils.io import WriteError
+
+    try:
+        report = build_report(args.results, out, metric=args.metric, sweep_dir=args.sweep, sparsity=args.sparsity,
+                              figures=not args.no_figures, reference=reference)
+    except WriteError as exc:  # a full disk, a missing permission: the previous report is left as it was
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
     return 0 if report.n_runs else 1
 
 

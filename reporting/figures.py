@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from reporting.aggregate import metric_scale  # noqa: E402
 from reporting.masks import chance_iou  # noqa: E402
+from utils.io import write_bytes  # noqa: E402
 from utils.naming import slug  # noqa: E402
 
 
@@ -33,13 +35,18 @@ def figure_stem(*parts: Any) -> str:
 
 
 def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``stem.png`` and ``stem.pdf`` into ``out_dir``; close the figure; return the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``stem.png`` and ``stem.pdf`` into ``out_dir``; close the figure; return the paths.  Each is
+    rendered in memory and written atomically (:func:`utils.io.write_bytes`): a failed write (a full disk)
+    raises :class:`utils.io.WriteError` naming the file and leaves no partial file."""
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        for path, options in zip(paths, ({"format": "png", "dpi": 150}, {"format": "pdf"})):
+            buf = io.BytesIO()
+            fig.savefig(buf, bbox_inches="tight", **options)
+            write_bytes(path, buf.getvalue())
+    finally:
+        plt.close(fig)
     return paths
 
 

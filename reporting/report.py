@@ -11,12 +11,19 @@ Writes into the report folder::
     reference.md, reference.csv   with --reference: published cells beside ours (reporting.reference)
     overlap.csv, stability.csv, layer_density.csv
     figures/*.png, figures/*.pdf
+
+Every file is first written (atomically, :mod:`utils.io`) into a hidden staging folder beside the report
+folder, then renamed into it, ``report.md`` last: a write that fails (a full disk) raises
+:class:`utils.io.WriteError` naming the report's file and leaves the previous report as it was.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +38,7 @@ from reporting.reference import compare, summary_line
 from reporting.render import to_latex, to_markdown
 from reporting.runs import RunSet, is_dense, load_runs
 from runspec import RunSpec
-from utils.io import json_files, write_text
+from utils.io import WriteError, json_files, write_failure, write_text
 from utils.schema import ConfigError
 
 ISSUE_COLUMNS = ["status", "config_file", "run_dir", "reason"]
@@ -204,7 +211,6 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     if not Path(results).is_dir():
         raise FileNotFoundError(f"{results}: no such results folder (give the root passed to run --results)")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runset = load_runs(results, progress=progress)
     if not runset.completed().empty and metric not in runset.runs.columns:
         known = sorted(c for c in runset.runs.columns if c.startswith(("final_test_", "best_val_test_")))
@@ -231,17 +237,14 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
 
     if reference is not None:
         report.reference = compare(agg, reference, metric)
-        report.reference.to_csv(out / "reference.csv", index=False)
-        write_text(out / "reference.md", to_markdown(report.reference) + "\n\n" + summary_line(report.reference) + "\n")
-    _write_csvs(report, runset)
-    if figures and not agg.empty:
-        _draw_figures(report)
-
     table_md = to_markdown(md_table)
-    write_text(out / "table.md", table_md + "\n")
-    write_text(out / "table.tex", to_latex(tex_table, metric) + "\n")
-    report.markdown = render_page(report, runset, table_md)
-    write_text(out / "report.md", report.markdown)
+    with _staging(out) as stage:  # renamed into ``out`` on leaving without an error
+        report.out = stage
+        try:
+            _write_files(report, runset, table_md, to_latex(tex_table, metric), figures)
+        finally:
+            report.out = out
+            report.figures = [out / p.relative_to(stage) for p in report.figures]
     log(f"\n{metric}{' (%)' if metric_scale(metric) == 100 else ''}: mean ± std (n seeds); best per column in bold\n")
     log(table_md)
     log(_differences_text(grouping))
@@ -256,24 +259,87 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     return report
 
 
+class _staging:
+    """``with _staging(out) as stage``: a new hidden folder beside ``out`` (same file system, so its files
+    can be renamed into ``out``); on leaving without an error its files are renamed into ``out``
+    (:func:`_publish`), and it is removed in any case.  An OSError inside becomes a :class:`WriteError` whose
+    message names the file of ``out`` rather than of the staging folder, and says ``out`` is unchanged."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.stage: Path | None = None
+
+    def __enter__(self) -> Path:
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.stage = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.staging-", dir=self.out.parent))
+        except OSError as exc:
+            raise write_failure(self.out, exc) from exc
+        return self.stage
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        assert self.stage is not None
+        try:
+            if exc is None:
+                _publish(self.stage, self.out)
+        finally:
+            shutil.rmtree(self.stage, ignore_errors=True)
+        if isinstance(exc, OSError):
+            error = str(write_failure(self.out, exc)).replace(str(self.stage), str(self.out))
+            raise WriteError(f"{error}; the previous report in {self.out} is unchanged") from exc
+
+
+def _write_files(report: Report, runset: RunSet, table_md: str, table_tex: str, figures: bool) -> None:
+    """Every file of the report, into ``report.out``."""
+    out = report.out
+    if report.reference is not None:
+        _write_csv(out / "reference.csv", report.reference)
+        write_text(out / "reference.md", to_markdown(report.reference) + "\n\n" + summary_line(report.reference) + "\n")
+    _write_csvs(report, runset)
+    if figures and not report.aggregated.empty:
+        _draw_figures(report)
+    write_text(out / "table.md", table_md + "\n")
+    write_text(out / "table.tex", table_tex + "\n")
+    report.markdown = render_page(report, runset, table_md)
+    write_text(out / "report.md", report.markdown)
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Rename every file of ``stage`` into ``out`` (figures first, ``report.md`` last); files of ``out`` that
+    this report did not write stay."""
+    files = sorted((p for p in stage.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name == "report.md", p.parent == stage, str(p)))
+    for src in files:
+        target = out / src.relative_to(stage)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, target)
+        except OSError as exc:
+            raise write_failure(target, exc) from exc
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_text(path, frame.to_csv(index=False))
+
+
 def _write_csvs(report: Report, runset: RunSet) -> None:
     """runs.csv, aggregated.csv, issues.csv, rerun.txt, layer_density.csv, stability.csv, overlap.csv."""
     out, issues, chosen = report.out, report.issues, report.sparsity
     runs_csv = runset.runs.copy()
     if not runs_csv.empty:
         runs_csv["variant"] = runs_csv["group"].map(report.grouping.variant).fillna("")
-    runs_csv.to_csv(out / "runs.csv", index=False)
-    report.aggregated.to_csv(out / "aggregated.csv", index=False)
-    issues.to_csv(out / "issues.csv", index=False)
+    _write_csv(out / "runs.csv", runs_csv)
+    _write_csv(out / "aggregated.csv", report.aggregated)
+    _write_csv(out / "issues.csv", issues)
     rerun = sorted({f for f, st in zip(issues["config_file"], issues["status"])
                     if f and st in ("failed", "interrupted", "missing", "broken") and Path(f).is_file()})
     write_text(out / "rerun.txt", "".join(f + "\n" for f in rerun))
-    report.density.to_csv(out / "layer_density.csv", index=False)
-    report.stability.to_csv(out / "stability.csv", index=False)
+    _write_csv(out / "layer_density.csv", report.density)
+    _write_csv(out / "stability.csv", report.stability)
     overlap_rows = [{"dataset": k[0], "model": k[1], "warmup": k[2], "a": a, "b": b, "iou": m.loc[a, b],
                      "sparsity": chosen, "chance": chance_iou(chosen)}
                     for k, m in report.overlap.items() for a in m.index for b in m.columns if a < b]
-    pd.DataFrame(overlap_rows).to_csv(out / "overlap.csv", index=False)
+    _write_csv(out / "overlap.csv", pd.DataFrame(overlap_rows))
 
 
 def _draw_figures(report: Report) -> None:

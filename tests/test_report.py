@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import copy
+import errno
+import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -408,3 +412,85 @@ def test_impossible_values_make_a_run_broken_never_averaged(tmp_path):
     for key, (_, words) in IMPOSSIBLE.items():
         assert issues.loc[str(bad[key]), "status"] == "broken", key
         assert f"results.json: {words}" in issues.loc[str(bad[key]), "reason"], key
+
+
+class _FullDisk:
+    """A file opened for writing on a disk with ``budget[0]`` bytes left: the write that passes it writes
+    what fits (a truncated file, as a full disk leaves) and raises ENOSPC."""
+
+    def __init__(self, fh: Any, budget: list[int], fd_ok: bool) -> None:
+        self._fh, self._budget, self._fd_ok = fh, budget, fd_ok
+
+    def write(self, data: Any) -> int:
+        left = self._budget[0]
+        if len(data) > left:
+            self._budget[0] = 0
+            if left:
+                self._fh.write(data[:left])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._budget[0] -= len(data)
+        return self._fh.write(data)
+
+    def fileno(self) -> int:
+        if not self._fd_ok:  # keep writers that would write through the descriptor (PIL) on write()
+            raise io.UnsupportedOperation("fileno")
+        return self._fh.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._fh.close()
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    left, real_open, real_fdopen = [budget], builtins.open, os.fdopen
+
+    def writing(mode: str) -> bool:
+        return any(c in mode for c in "wax+")
+
+    def fake_open(file: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
+        fh = real_open(file, mode, *a, **kw)
+        return _FullDisk(fh, left, False) if writing(mode) and not isinstance(file, int) else fh
+
+    def fake_fdopen(fd: int, mode: str = "r", *a: Any, **kw: Any) -> Any:
+        fh = real_fdopen(fd, mode, *a, **kw)
+        return _FullDisk(fh, left, True) if writing(mode) else fh
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(os, "fdopen", fake_fdopen)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("budget", [0, 5_000, 40_000], ids=["at_once", "in_the_tables", "in_the_figures"])
+def test_a_full_disk_during_report_is_one_error_and_keeps_the_previous_report(tmp_path, capsys, monkeypatch,
+                                                                              budget):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        make_run(results, criterion="none", seed=seed, acc=0.99)
+        make_run(results, criterion="snip", seed=seed, acc=0.95, mask=_mask([1] * 3 + [0] * 27))
+        make_run(results, criterion="random", seed=seed, acc=0.9, mask=_mask([0] * 27 + [1] * 3))
+    out = tmp_path / "rep"
+    assert main.main(["report", str(results), "--out", str(out)]) == 0
+    before, siblings = _tree(out), sorted(p.name for p in tmp_path.iterdir())
+    assert "report.md" in before and any(name.endswith(".pdf") for name in before)
+    make_run(results, criterion="snip", seed=2, acc=0.97, mask=_mask([1] * 3 + [0] * 27))  # the new report differs
+    capsys.readouterr()
+    _full_disk(monkeypatch, budget)
+    code = main.main(["report", str(results), "--out", str(out)])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"report: cannot write {out}{os.sep}") and "disk is full" in lines[0], lines[0]
+    assert f"the previous report in {out} is unchanged" in lines[0] and ".staging-" not in lines[0]
+    assert _tree(out) == before  # byte for byte, nothing added (no temporary or partial file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == siblings  # no staging folder left beside it

@@ -376,3 +376,9 @@ def check_undigested(missing: IntegrityError | None, version: Any, current: int,
         raise error(f"{what}: damaged ({missing.reason})")
     warnings.warn(f"{what}: version {version} file, written before content digests: it cannot be checked for "
                   "damage; write it again to protect it", stacklevel=3)
+
+
+def write_failure(path: str | Path, exc: BaseException) -> WriteError:
+    """The :class:`WriteError` for ``exc`` (an OSError) met writing ``path``: it names the file, the cause
+    and the free space there, as the atomic writers' own errors do."""
+    return exc if isinstance(exc, WriteError) else WriteError(_write_problem(Path(path), exc))
