@@ -403,14 +403,9 @@ def checkpoint_write(tr: Trainer) -> Result:
 
 # ------------------------------------------------------------------------------------- scoring speed
 def pruning_criteria() -> list[str]:
-    """Every registered criterion that prunes, once per class (aliases dropped), cheap ones first."""
-    found: dict[type, str] = {}
-    for name in compressors.names():
-        cls = compressors.get(name)
-        if cls.prunes:
-            found.setdefault(cls, cls.registered_name or name)
+    """Every registered criterion that prunes (:func:`compressors.pruning_criteria`), cheap ones first."""
     rank = {n: i for i, n in enumerate(ORDER)}
-    return sorted(found.values(), key=lambda n: (rank.get(n, len(ORDER)), n))
+    return sorted(compressors.pruning_criteria(), key=lambda n: (rank.get(n, len(ORDER)), n))
 
 
 def criterion_options(name: str, probes: int, rounds: int, predictor: Path) -> dict[str, Any]:

@@ -45,13 +45,24 @@ def get(name: str) -> type[Compressor]:
     return cls
 
 
+def pruning_criteria() -> list[str]:
+    """The name of every registered criterion that prunes, once per class (aliases dropped), sorted."""
+    found: dict[type, str] = {}
+    for name in names():
+        cls = get(name)
+        if cls.prunes:
+            found.setdefault(cls, getattr(cls, "registered_name", None) or name)
+    return sorted(found.values())
+
+
 def build(name: str, **options: Any) -> Compressor:
     """Instantiate a criterion with validated options (raises ConfigError on a bad option)."""
     return get(name)(**options)
 
 
 __all__ = [
-    "Compressor", "ScoreMap", "Scores", "REGISTRY", "register", "build", "get", "names", "discover", "select",
+    "Compressor", "ScoreMap", "Scores", "REGISTRY", "register", "build", "get", "names", "discover",
+    "pruning_criteria", "select",
     "prunable_names", "classifier_name", "kept_count", "density", "global_sparsity", "collapsed_layers",
     "mask_summary", "select_remaining", "shuffle_within_layers", "sparsity_schedule", "check_masks", "check_scores",
 ]

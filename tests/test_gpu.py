@@ -145,16 +145,6 @@ HUTCHINSON: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch
 }
 
 
-def pruning_criteria() -> list[str]:
-    """Every registered criterion that prunes, once per class (aliases dropped)."""
-    found: dict[type, str] = {}
-    for name in compressors.names():
-        cls = compressors.get(name)
-        if cls.prunes:
-            found.setdefault(cls, cls.registered_name or name)
-    return sorted(found.values())
-
-
 def criterion_options(name: str, predictor: Path) -> dict[str, Any]:
     """Options that make two runs comparable: a fixed ``seed`` for every seeded criterion."""
     if name in HUTCHINSON:
@@ -218,7 +208,7 @@ def hutchinson_case(name: str, probe_params: str, cpu_model: nn.Module, model: n
 
 
 @gpu
-@pytest.mark.parametrize("name", [n for n in pruning_criteria() if n not in HUTCHINSON])
+@pytest.mark.parametrize("name", [n for n in compressors.pruning_criteria() if n not in HUTCHINSON])
 def test_criterion_scores_on_cuda_equal_the_cpu_scores(name: str, device: torch.device, predictor: Path) -> None:
     cpu_model = build()
     model = copy.deepcopy(cpu_model).to(device)

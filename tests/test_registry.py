@@ -112,3 +112,10 @@ def test_no_plugin_module_shadows_a_public_name_of_its_package() -> None:
     for package in (compressors, data, models):
         modules = {m.name for m in pkgutil.iter_modules(package.__path__)}
         assert not modules & set(package.__all__), package.__name__
+
+
+def test_pruning_criteria_lists_each_criterion_once_without_the_dense_baseline() -> None:
+    names = compressors.pruning_criteria()
+    assert names == sorted(set(names)) and {"snip", "hts", "synflow", "magnitude"} <= set(names)
+    assert "none" not in names and "dense" not in names  # the dense baseline prunes nothing (and is one class)
+    assert len(names) == len({compressors.get(n) for n in names})
