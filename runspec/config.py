@@ -24,6 +24,16 @@ class GPUConfig:
     gpu_id: int = option(0, "CUDA device index used when ngpus >= 1", min=0)
 
 
+@dataclass
+class KeepConfig:
+    checkpoint: Literal["last", "none"] = option(
+        "last", "checkpoint.pt once the run is completed: 'last' keeps it (the default, as before: a completed run "
+                "whose mask, final model, config or results file is damaged is rebuilt from it without training); "
+                "'none' deletes it as soon as status.json says completed (results.json, final_model.pt and mask.pt "
+                "are written by then), giving up that repair (such a run is rerun with --force) and the "
+                "best-validation weights and optimizer state it holds; docs/run-folder.md")
+
+
 # the package each tracker of general.trackers needs
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
@@ -49,6 +59,8 @@ class GeneralConfig:
         factory=lambda: ["tensorboard"], identity=False,
         help="experiment trackers fed every epoch: TensorBoard event files in the run folder (default); 'wandb' "
              "(offline mode, in the run folder) and 'mlflow' (file store <results>/mlruns) need their packages")
+    keep: KeepConfig = option(factory=KeepConfig, identity=False,
+                              help="which files a completed run keeps (disk use; never changes a result)")
 
 
 @dataclass
