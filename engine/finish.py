@@ -1,9 +1,11 @@
 """The end of a run: test the final and the best-validation model, count the costs, write the mask, the
-final model, ``costs.json`` and ``results.json``, and hand the results to the trackers."""
+final model, ``costs.json`` and ``results.json``, and hand the results to the trackers; once the run is
+recorded completed, drop the checkpoints ``general.keep`` does not keep (:func:`release_checkpoints`)."""
 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -12,7 +14,8 @@ import compressors
 from compressors.costs import Costs, count_costs
 from engine.run import Run, state_to_cpu
 from engine.trackers import hparams
-from runspec.folder import CostRecord, Files, PruningRecord, RunResults
+from runspec.config import KeepConfig
+from runspec.folder import CostRecord, Files, PruningRecord, RunFolder, RunResults
 
 
 def costs(run: Run) -> Costs:
@@ -62,3 +65,32 @@ def finish(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
     for tracker in run.trackers:
         tracker.finish(hparams(run.spec), results)
     return results
+
+
+def release_checkpoints(folder: RunFolder, keep: KeepConfig) -> list[str]:
+    """Delete the checkpoints a completed run does not keep; returns the names deleted.
+
+    Called by the runner once ``status.json`` says completed, i.e. after :func:`finish` wrote ``results.json``,
+    ``final_model.pt`` and ``mask.pt`` (each atomically): ``checkpoint.prev.pt`` always (the fallback of an
+    unfinished run), ``checkpoint.pt`` too when ``keep.checkpoint`` is ``"none"``; that deletion is recorded in
+    ``status.json`` (``checkpoint_deleted``: when), so that a later repair refusal can say why the checkpoint is
+    gone (:func:`checkpoint_not_kept`).  Neither file is read by ``report``, ``status`` or ``export``."""
+    deleted = []
+    if keep.checkpoint == "none" and folder.file(Files.CHECKPOINT).exists():
+        # recorded before the deletion: a process killed in between leaves the record and the file (still usable)
+        folder.set_status("completed", checkpoint_deleted=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    for name in (Files.CHECKPOINT_PREV, *([Files.CHECKPOINT] if keep.checkpoint == "none" else [])):
+        path = folder.file(name)
+        if path.exists():
+            path.unlink()
+            deleted.append(name)
+    return deleted
+
+
+def checkpoint_not_kept(folder: RunFolder) -> str | None:
+    """Why a completed run has no ``checkpoint.pt``, when :func:`release_checkpoints` deleted it (else None)."""
+    when = (folder.status() or {}).get("checkpoint_deleted")
+    if folder.file(Files.CHECKPOINT).exists() or not isinstance(when, str):
+        return None
+    return (f"{Files.CHECKPOINT} was not kept: general.keep.checkpoint 'none' deleted it when the run completed "
+            f"({when})")

@@ -14,6 +14,8 @@ A run whose status says completed is skipped only when the files the end of a ru
 ``final_model.pt`` present with a matching content digest).  Otherwise it is repaired from its intact
 ``checkpoint.pt`` at the end of the run, without training (:func:`engine.execute` with ``repair``), or, with
 no such checkpoint, refused with a failure that says to use ``--force``; either is noted in ``status.json``.
+A completed run keeps ``checkpoint.pt`` unless ``general.keep.checkpoint`` is ``"none"``
+(:func:`engine.finish.release_checkpoints`); the refusal then says that the checkpoint was not kept.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from engine import execute
+from engine.finish import checkpoint_not_kept, release_checkpoints
 from runspec import RunSpec
 from runspec.folder import (
     Files,
@@ -207,7 +210,7 @@ def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutco
         return outcome
     outcome.seconds = time.perf_counter() - tic
     folder.set_status("completed", seconds=outcome.seconds, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    folder.file(Files.CHECKPOINT_PREV).unlink(missing_ok=True)  # the fallback is not needed any more
+    release_checkpoints(folder, spec.config.general.keep)  # checkpoint.prev.pt; checkpoint.pt too if not kept
     _fill_results(outcome, res)
     return outcome
 
@@ -255,7 +258,7 @@ def _repair(spec: RunSpec, folder: RunFolder, outcome: RunOutcome, tic: float, d
     """Rebuild the damaged end-of-run files of a completed run from its checkpoint (no stage runs again), or
     refuse, saying why and to use --force; either way noted in ``status.json``, whose status stays completed."""
     what = "; ".join(damage)
-    problem = _torch_file_problem(folder, Files.CHECKPOINT)
+    problem = checkpoint_not_kept(folder) or _torch_file_problem(folder, Files.CHECKPOINT)
     if problem is None and ready is not None:
         problem = "a distributed run is repaired by a rerun in one process"
     if problem is None:
@@ -276,6 +279,7 @@ def _repair(spec: RunSpec, folder: RunFolder, outcome: RunOutcome, tic: float, d
     text = f"repaired from {Files.CHECKPOINT} without training: {what}"
     log(f"  {text}")
     folder.note(text)
+    release_checkpoints(folder, spec.config.general.keep)
     outcome.seconds = time.perf_counter() - tic
     outcome.extra["repaired"] = damage
     _fill_results(outcome, res)

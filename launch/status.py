@@ -6,17 +6,23 @@ too, so both give every run the same state); lists each running run with its hos
 last heartbeat (``heartbeat.json``), each failed or broken one with its reason; flags
 locks whose holder is gone (stale) and running runs whose heartbeat stopped; gives an ETA from the
 recorded seconds per epoch, assuming the running runs go on in parallel and the rest run one at a time.
+
+Disk use (:func:`disk_use`): the bytes of the results root (with ``--sweep``: of the sweep's run folders), per
+run state and per kind of file (:func:`file_kind`: checkpoint, model, mask, logs, records, cache, other), from
+``os.lstat`` alone: no file is opened for it, a hard-linked file is counted once, links are not followed.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from runspec import RunSpec
-from runspec.folder import Files, Heartbeat, RunFolder, find_run_dirs, read_state
+from runspec.folder import BATCHES, INVALID, SCORE_CACHE, Files, Heartbeat, RunFolder, find_run_dirs, read_state
 from utils.locks import holder_is_gone, lock_holder, lock_path
 from utils.progress import eta_text
 from utils.schema import ConfigError
@@ -34,6 +40,114 @@ class SweepStatus:
     missing: list[str] = field(default_factory=list)
     stale_locks: list[str] = field(default_factory=list)
     remaining_seconds: float = 0.0
+    disk: DiskUse | None = None
+
+
+KINDS = ("checkpoint", "model", "mask", "logs", "records", "cache", "other")
+CHECKPOINT_FILES = (Files.CHECKPOINT, Files.CHECKPOINT_PREV)
+LOG_FILES = (Files.HISTORY, Files.HISTORY_CSV, Files.RECORDS, Files.RECORDS_CSV, Files.HEARTBEAT)
+LOG_FOLDERS = ("tensorboard", "wandb", "launch", "slurm", "mlruns", BATCHES, INVALID)
+
+
+def file_kind(relative: PurePath) -> str:
+    """The kind of a file from its path below the results root (no file is read): ``checkpoint``
+    (``checkpoint.pt``, ``checkpoint.prev.pt``, their ``.damaged`` copies and unfinished temporary writes),
+    ``model`` (``final_model.pt``), ``mask`` (``mask.pt``), ``logs`` (history, iterations, heartbeat,
+    TensorBoard / W&B / MLflow files, launcher logs, batch and invalid-config records), ``records`` (the other
+    JSON files of a run folder), ``cache`` (the score cache) or ``other``."""
+    parts = relative.parts
+    name = parts[-1]
+    bare = name[1:].rsplit(".", 2)[0] if name.startswith(".") and name.endswith(".tmp") else name  # utils.io temp
+    if parts[0] == SCORE_CACHE:
+        return "cache"
+    if bare in CHECKPOINT_FILES or (name.endswith(Files.DAMAGED) and name[:-len(Files.DAMAGED)] in CHECKPOINT_FILES):
+        return "checkpoint"
+    if bare == Files.FINAL_MODEL:
+        return "model"
+    if bare == Files.MASK:
+        return "mask"
+    if bare in LOG_FILES or any(p in LOG_FOLDERS for p in parts[:-1]) or name.endswith((".log", ".out", ".err")):
+        return "logs"
+    return "records" if name.endswith(".json") else "other"
+
+
+@dataclass
+class DiskUse:
+    """Bytes (file sizes, ``st_size``) under a results root: ``total``; ``by_state``: run state -> [bytes, run
+    folders]; ``beside_runs``: outside any run folder (score cache, launcher logs, batch records); ``by_kind``."""
+
+    total: int = 0
+    by_state: dict[str, list[int]] = field(default_factory=dict)
+    beside_runs: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    sweep: bool = False
+
+
+def disk_use(root: Path, states: dict[str, str], *, only_runs: bool = False) -> DiskUse:
+    """The disk use of ``root`` from one walk of ``os.scandir`` (``lstat`` per entry, nothing opened); ``states``
+    maps each run folder to its state (:attr:`SweepStatus.states`); ``only_runs``: count only those folders."""
+    use = DiskUse(sweep=only_runs)
+    seen: set[tuple[int, int]] = set()
+    for state in states.values():
+        use.by_state.setdefault(state, [0, 0])[1] += 1
+    runs = {os.path.normpath(p): s for p, s in states.items()}
+
+    def walk(folder: str, relative: tuple[str, ...], state: str | None) -> None:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            here = (*relative, entry.name)
+            if stat.S_ISDIR(info.st_mode):
+                walk(entry.path, here, state if only_runs else runs.get(os.path.normpath(entry.path), state))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            if info.st_nlink > 1:
+                if (info.st_dev, info.st_ino) in seen:
+                    continue
+                seen.add((info.st_dev, info.st_ino))
+            use.total += info.st_size
+            kind = file_kind(PurePath(*here))
+            use.by_kind[kind] = use.by_kind.get(kind, 0) + info.st_size
+            if state is None:
+                use.beside_runs += info.st_size
+            else:
+                use.by_state[state][0] += info.st_size
+
+    if only_runs:  # run folders never nest (runspec.folder.find_run_dirs)
+        for path, state in runs.items():
+            walk(path, PurePath(os.path.relpath(path, root)).parts, state)
+    else:
+        walk(str(root), (), runs.get(os.path.normpath(root)))
+    return use
+
+
+def size_text(size: float) -> str:
+    """Bytes in binary units: ``512 B``, ``1.5 KiB``, ``179.0 MiB``, ``2.3 GiB``."""
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+def disk_lines(use: DiskUse) -> list[str]:
+    """The two ``disk`` lines of ``main.py status``: total and per state; per kind, the largest first."""
+    order = [s for s in ("completed", "running", "failed", "interrupted", "broken", "unknown") if s in use.by_state]
+    order += sorted(set(use.by_state) - set(order))
+    states = ", ".join(f"{state} {size_text(b)} in {n}" for state, (b, n) in ((s, use.by_state[s]) for s in order))
+    where = "of the sweep's run folders" if use.sweep else f"beside the run folders {size_text(use.beside_runs)}"
+    kinds = sorted(((b, k) for k, b in use.by_kind.items() if b), key=lambda x: (-x[0], KINDS.index(x[1])))
+    return [f"disk {size_text(use.total)}: runs {states or 'none'}; {where}",
+            "disk by kind: " + (", ".join(f"{k} {size_text(b)}" for b, k in kinds) or "nothing")]
 
 
 def _folders(root: Path, sweep: Path | None) -> tuple[list[RunFolder], dict[str, int]]:
@@ -97,6 +211,7 @@ def collect(root: str | Path, sweep: str | Path | None = None, now: float | None
     out.remaining_seconds = (parallel + sum(_remaining(f, b, per_epoch) for f, b in waiting)
                              + sum(missing.values()) * per_epoch)
     out.counts["missing"] = len(missing)
+    out.disk = disk_use(root, out.states, only_runs=sweep is not None)
     return out
 
 
@@ -116,4 +231,6 @@ def render(status: SweepStatus) -> str:
     if status.remaining_seconds:
         lines.append(f"ETA {eta_text(status.remaining_seconds)} (from the recorded seconds per epoch; running runs "
                      "in parallel, the rest one after another)")
+    if status.disk is not None:
+        lines += disk_lines(status.disk)
     return "\n".join(lines)

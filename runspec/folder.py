@@ -96,6 +96,7 @@ class StatusRecord:
     log: Optional[str] = None                  # the launcher task's log file (Slurm stdout), when there is one
     history: Optional[list[dict[str, Any]]] = None  # earlier attempts that failed or were interrupted
     notes: Optional[list[str]] = None               # what the engine did about damaged files
+    checkpoint_deleted: Optional[str] = None        # when general.keep deleted checkpoint.pt of the completed run
 
     @classmethod
     def from_json(cls, data: Any) -> StatusRecord | None:
