@@ -11,9 +11,7 @@ from torch.func import functional_call
 
 from compressors import register
 from compressors.base import Compressor, ScoreMap, Scores
-from compressors.estimators import flat_views
-from compressors.masks import kept_count, sparsity_schedule, topk_mask, torch_topk_mask
-from utils.progress import progress
+from compressors.rounds import NonFiniteScores, Round, round_sparsities, run_rounds
 from utils.schema import option
 
 
@@ -118,39 +116,46 @@ class SynFlow(Compressor):
         return ScoreMap(scores, {"rounds": self.options.rounds, "dtype": str(dtype).replace("torch.", ""),
                                  "finite": ok})
 
+    def round_state(self, model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """The network the rounds score: every floating parameter and buffer made positive."""
+        return positive_state(model, dtype)
+
+    def round_scores(self, model: nn.Module, names: list[str], masks: dict[str, torch.Tensor],
+                     shape: tuple[int, ...], dtype: torch.dtype, state: dict[str, torch.Tensor],
+                     out: dict[str, torch.Tensor]) -> tuple[Scores, bool]:
+        """One round's scores under ``masks`` (:func:`synflow_scores`), written into ``out``."""
+        return synflow_scores(model, names, masks, shape, dtype, state, out=out)
+
+    def round_settings(self) -> tuple[str, str]:
+        """(masking between rounds, count rule inside them) of :func:`compressors.rounds.run_rounds`:
+        ``exact`` re-masks the original weights each round (pruned weights score 0), ``official``
+        intersects with the previous mask and counts ``max(1, floor(d·n))`` by ``torch.topk``."""
+        if self.options.rounds_select == "official":
+            return "intersect", "torch_floor"
+        return "remask", "exact"
+
     def _rounds(self, model: nn.Module, names: list[str], shape: tuple[int, ...], dtype: torch.dtype,
                 sparsity: float) -> tuple[Scores, bool]:
-        """The n rounds on flat score and mask buffers (one view per weight): the threshold of each round
-        is taken on the buffer itself, with the same exact top-k as :func:`select` (whose flattened order
-        is this one), and the last round needs no mask."""
+        """The n rounds of :func:`compressors.rounds.run_rounds` (flat score and mask buffers, one view per
+        weight; the threshold of each round taken on the buffer itself, whose flattened order is that of
+        :func:`select`), each scoring the positive network under the current masks."""
         params = dict(model.named_parameters())
-        device = params[names[0]].device
-        total = sum(params[n].numel() for n in names)
-        flat_mask = torch.ones(total, dtype=torch.bool, device=device)
-        flat_scores = torch.empty(total, dtype=dtype, device=device)
+        state = self.round_state(model, dtype)
 
-        shapes = [params[n].shape for n in names]
-        masks = dict(zip(names, flat_views(flat_mask, shapes)))
-        scores = dict(zip(names, flat_views(flat_scores, shapes)))
-        schedule = self.schedule(sparsity)
-        official = self.options.rounds_select == "official"
-        state = positive_state(model, dtype)
-        for k, round_sparsity in progress(enumerate(schedule, 1), desc="SynFlow rounds", total=len(schedule),
-                                          unit="round"):
-            _, ok = synflow_scores(model, names, masks, shape, dtype, state, out=scores)
-            if not (ok and bool(torch.isfinite(flat_scores.max()))):  # scores >= 0: max is inf/NaN if any is
-                return scores, False
-            if k < len(schedule):
-                if official:  # pruned weights stay zero: the new mask only removes more
-                    flat_mask.logical_and_(torch_topk_mask(flat_scores, kept_count(total, round_sparsity, "floor")))
-                else:
-                    flat_mask.copy_(topk_mask(flat_scores, kept_count(total, round_sparsity)))
-        return scores, True
+        def score(r: Round) -> Scores:
+            scores, ok = self.round_scores(model, names, r.masks, shape, dtype, state, r.out)
+            if not ok:
+                raise NonFiniteScores(f"R is not finite in round {r.index}")
+            return scores
+
+        masking, rule = self.round_settings()
+        result = run_rounds(score, {n: params[n].shape for n in names}, self.schedule(sparsity), masking=masking,
+                            rule=rule, dtype=dtype, device=params[names[0]].device, desc=f"{self.name} rounds")
+        return result.scores, result.finite
 
     def schedule(self, sparsity: float) -> list[float]:
-        """The sparsity of each round: ``1 - d^(k/n)`` (``keep_fraction``) or ``s^(k/n)``
-        (``prune_fraction``, the official code's ``sparsity ** ((epoch + 1) / epochs)``); the last is s."""
-        n = self.options.rounds
-        if self.options.schedule == "prune_fraction":
-            return [sparsity ** ((k + 1) / n) for k in range(n)]
-        return sparsity_schedule(sparsity, n)
+        """The sparsity of each round (:func:`compressors.rounds.round_sparsities`): ``1 - d^(k/n)``
+        (``keep_fraction``: the ``exponential`` schedule) or ``s^(k/n)`` (``prune_fraction``, the official
+        code's ``sparsity ** ((epoch + 1) / epochs)``); the last is s."""
+        kind = "prune_fraction" if self.options.schedule == "prune_fraction" else "exponential"
+        return round_sparsities(sparsity, self.options.rounds, kind)
