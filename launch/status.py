@@ -144,9 +144,11 @@ def disk_lines(use: DiskUse) -> list[str]:
     order = [s for s in ("completed", "running", "failed", "interrupted", "broken", "unknown") if s in use.by_state]
     order += sorted(set(use.by_state) - set(order))
     states = ", ".join(f"{state} {size_text(b)} in {n}" for state, (b, n) in ((s, use.by_state[s]) for s in order))
-    where = "of the sweep's run folders" if use.sweep else f"beside the run folders {size_text(use.beside_runs)}"
     kinds = sorted(((b, k) for k, b in use.by_kind.items() if b), key=lambda x: (-x[0], KINDS.index(x[1])))
-    return [f"disk {size_text(use.total)}: runs {states or 'none'}; {where}",
+    total, states = size_text(use.total), states or "none"
+    first = (f"disk {total} in the sweep's run folders: {states}" if use.sweep else
+             f"disk {total}: runs {states}; beside the run folders {size_text(use.beside_runs)}")
+    return [first,
             "disk by kind: " + (", ".join(f"{k} {size_text(b)}" for b, k in kinds) or "nothing")]
 
 

@@ -16,7 +16,7 @@ import torch
 from test_report import make_run
 
 import main
-from launch.status import collect, disk_use, render, size_text
+from launch.status import collect, disk_lines, disk_use, render, size_text
 from reporting import load_runs
 from runspec import RunSpec
 from runspec.folder import Files
@@ -160,6 +160,8 @@ def test_status_prints_the_disk_use_of_a_results_folder(tmp_path, capsys, monkey
     # --sweep: only the sweep's run folders
     only = disk_use(root, {str(failed): "failed"}, only_runs=True)
     assert only.total == runs[str(failed)] and only.beside_runs == 0 and only.by_state == {"failed": [only.total, 1]}
+    text = size_text(only.total)
+    assert disk_lines(only)[0] == f"disk {text} in the sweep's run folders: failed {text} in 1"
     assert render(collect(root)).splitlines()[-2].startswith("disk ")
 
 
