@@ -47,7 +47,7 @@ from typing import Callable, Literal, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, grad_and_value
+from torch.func import functional_call
 
 from compressors import register
 from compressors.base import Compressor, ScoreMap, Scores, model_device
@@ -119,50 +119,45 @@ def meta_gradient(model: nn.Module, names: Sequence[str], batches: Sequence[Batc
                   steps: int, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, same_batch: bool = True,
                   method: str = "full", detach_first: bool = False) -> tuple[Tensors, list[float]]:
     """``∂L(θ_M; D_M) / ∂c`` at ``c = 1`` for the parameters ``names`` (ProsPr, Sec. 3; see the module
-    docstring), by ``torch.func.grad`` of the unrolled steps: ``method="full"`` differentiates through each
-    step's gradient too (``torch.func.grad`` inside ``torch.func.grad``: the Hessian terms ``−α ∇²L(θ_k)``);
+    docstring), backpropagated through the unrolled steps: ``method="full"`` keeps each step's gradient in
+    the graph (``create_graph=True``: the Hessian terms ``−α ∇²L(θ_k)`` of ``∂θ_{k+1}/∂θ_k``);
     ``"first_order"`` takes each step's gradient as a constant (the authors' ``create_graph=False``), which
     gives ``∇L(θ_M) ⊙ θ_init`` (times ``(1 − αλ)^M`` with weight decay λ; with momentum, what flows through
-    its buffers).  Every parameter of ``model`` that requires grad is trained in
-    the steps; buffers are copied (BN running statistics of the model are not touched).  The model's
-    current train/eval mode is used.  Returns the meta-gradients and the losses ``L(θ_0; D_0) ..
-    L(θ_{M−1}; D_{M−1}), L(θ_M; D_M)``."""
+    its buffers).  Every parameter of ``model`` that requires grad is trained in the steps (the scored
+    ones always); the forward is ``torch.func.functional_call`` on the fast weights, with copies of the
+    buffers (the model's BN running statistics are not touched), in the model's current train/eval mode.
+
+    The gradients are ``torch.autograd.grad`` calls, not nested ``torch.func.grad``: both give the same
+    meta-gradient, but the nested transforms took 4.1x the peak memory of the full meta-gradient (about
+    1860 vs 450 MiB above the model: ResNet20, one batch of 32 CIFAR-shaped samples, 3 steps, this
+    project's 2-core CPU, two runs each).
+
+    Returns the meta-gradients and the losses ``L(θ_0; D_0) .. L(θ_{M−1}; D_{M−1}), L(θ_M; D_M)``."""
     if method not in ("full", "first_order"):
         raise ValueError(f"method must be 'full' or 'first_order', got {method!r}")
     params = dict(model.named_parameters())
     trained = list(dict.fromkeys([n for n, p in params.items() if p.requires_grad] + list(names)))
     frozen = {n: p.detach() for n, p in params.items() if n not in trained}
     state = {n: b.detach().clone() for n, b in model.named_buffers()}
-    theta_init = {n: params[n].detach() for n in trained}
     schedule = batch_schedule(batches, steps, same_batch)
 
-    def loss_at(theta: Tensors, buffers: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # buffers are an argument, not captured: BN's in-place running-statistics update is then allowed
-        # inside the torch.func transforms
-        return loss_fn(functional_call(model, {**frozen, **buffers, **theta}, (x,)), y)
+    def loss_at(theta: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_fn(functional_call(model, {**frozen, **state, **theta}, (x,)), y)
 
-    def unroll(theta: Tensors, buffers: Tensors) -> tuple[Tensors, list[torch.Tensor]]:
-        momenta: dict[str, torch.Tensor | None] = {}
-        losses = []
-        for x, y in schedule[:-1]:
-            if method == "first_order":  # the step's gradient is a constant: no second-order terms
-                g, value = grad_and_value(loss_at)({n: t.detach() for n, t in theta.items()}, buffers, x, y)
-            else:
-                g, value = grad_and_value(loss_at)(theta, buffers, x, y)
-            losses.append(value.detach())
-            theta, momenta = sgd_step(theta, g, momenta, lr, momentum, weight_decay, detach_first)
-        return theta, losses
-
-    def meta_loss(c: Tensors, buffers: Tensors) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        theta0 = {n: theta_init[n] * c[n] if n in c else theta_init[n] for n in trained}  # θ_0 = c ⊙ θ_init
-        theta_m, losses = unroll(theta0, buffers)
-        x, y = schedule[-1]
-        final = loss_at(theta_m, buffers, x, y)
-        return final, [*losses, final.detach()]
-
-    ones = {n: torch.ones_like(theta_init[n]) for n in names}
-    meta, losses = grad(meta_loss, has_aux=True)(ones, state)
-    return {n: meta[n].detach() for n in names}, [float(v) for v in losses]
+    c = {n: torch.ones_like(params[n], requires_grad=True) for n in names}
+    theta = {n: params[n].detach() * c[n] if n in c else params[n].detach().requires_grad_(True)
+             for n in trained}  # θ_0 = c ⊙ θ_init; the unmasked parameters are leaves of their own
+    momenta: dict[str, torch.Tensor | None] = {}
+    losses = []
+    for x, y in schedule[:-1]:
+        loss = loss_at(theta, x, y)
+        g = torch.autograd.grad(loss, list(theta.values()), create_graph=method == "full", materialize_grads=True)
+        losses.append(float(loss.detach()))
+        theta, momenta = sgd_step(theta, dict(zip(theta, g)), momenta, lr, momentum, weight_decay, detach_first)
+    x, y = schedule[-1]
+    final = loss_at(theta, x, y)
+    meta = torch.autograd.grad(final, [c[n] for n in names], materialize_grads=True)
+    return {n: m.detach() for n, m in zip(names, meta)}, [*losses, float(final.detach())]
 
 
 @register("prospr")
