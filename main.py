@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from runspec.config import parse_config, read_config_file
     from utils.schema import ConfigError
 
-    files = collect_configs(args.paths, args.recursive)
+    files = collect_configs(args.paths, args.recursive, log=print)
     if not files:
         print("no *.json config files found in " + ", ".join(map(str, args.paths)), file=sys.stderr)
         return 2
@@ -80,27 +80,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.launcher == "slurm":
         return _submit_slurm(files, args)
     if args.launcher == "local":
-        from launch.submit import launch_local, plan
+        from launch.local import launch_local, visible_gpus
+        from launch.runner import skipped_outcome
+        from launch.submit import plan
 
+        try:
+            gpus = visible_gpus(args.gpus)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         todo = plan(files, args.results, args.force, args.restart)
         if todo.problems:
             return _plan_problems(todo.problems)
-        outcomes = launch_local(todo.todo, args.results, workers=args.workers, gpus=args.gpus)
+        outcomes = launch_local(todo.todo, args.results, workers=args.workers, gpus=gpus,
+                                earlier=[skipped_outcome(p, args.results) for p in todo.completed])
     else:
         outcomes = run_batch(files, results=args.results, force=args.force, restart=args.restart,
                              recursive=args.recursive)
     print()
     print(summary_table(outcomes))
-    failed = sum(o.status == "failed" for o in outcomes)
-    interrupted = sum(o.status == "interrupted" for o in outcomes)
-    done = sum(o.status in ("completed", "skipped") for o in outcomes)
-    busy = sum(o.status == "busy" for o in outcomes)
-    print(f"\n{done} completed ({sum(o.status == 'skipped' for o in outcomes)} skipped), {failed} failed, "
-          f"{interrupted} interrupted, {len(files) - len(outcomes)} not started"
-          + (f", {busy} busy in another process" if busy else ""))
-    if interrupted:
+    return batch_exit_code(outcomes, len(files))
+
+
+EXIT_CODES = {0: "every run completed (or was already completed)", 1: "a run failed, or was busy in another process",
+              2: "bad command line or configs: nothing ran", 130: "interrupted (Ctrl-C or SIGTERM): rerun to resume"}
+
+
+def batch_exit_code(outcomes: list, configs: int) -> int:
+    """Print the counts of a batch and return its exit code (:data:`EXIT_CODES`)."""
+    count = {s: sum(o.status == s for o in outcomes) for s in ("completed", "skipped", "failed", "interrupted", "busy")}
+    busy = f", {count['busy']} busy in another process (not run here: rerun once it is free)" if count["busy"] else ""
+    print(f"\n{count['completed'] + count['skipped']} completed ({count['skipped']} skipped), "
+          f"{count['failed']} failed, {count['interrupted']} interrupted, "
+          f"{max(configs - len(outcomes), 0)} not started{busy}")
+    if count["interrupted"]:
         return 130
-    return 1 if failed else 0
+    return 1 if count["failed"] or count["busy"] else 0
 
 
 def _plan_problems(problems: list[str]) -> int:
@@ -143,42 +158,65 @@ def _key_value(text: str) -> str:
     return text
 
 
-def _count(minimum: int):
+def _count(minimum: int, maximum: int):
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text) if len(text) < 12 else maximum + 1
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {minimum} to {maximum}, got {text!r}")
         return value
     return parse
 
 
 def _gpu_list(text: str) -> list[int]:
     try:
-        return [int(g) for g in text.split(",") if g.strip()]
+        gpus = [int(g) for g in text.split(",") if g.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected GPU indices such as 0,1,2,3, got {text!r}") from None
+        gpus = [-1]
+    if not gpus or any(not 0 <= g < 4096 for g in gpus):
+        raise argparse.ArgumentTypeError(f"expected GPU indices such as 0,1,2,3, got {text!r}")
+    return gpus
+
+
+def _slurm_time(text: str) -> str:
+    from launch.submit import time_minutes
+
+    try:
+        time_minutes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _memory(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[1-9]\d{0,9}[KMGT]?", text):
+        raise argparse.ArgumentTypeError(f"expected a Slurm memory size such as 32G, 16000M or 64000, got {text!r}")
+    return text
 
 
 def _add_launch_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--launcher", choices=("inline", "local", "slurm"), default="inline",
                      help="inline: this process (default); local: worker processes (--workers); slurm: a job array")
-    run.add_argument("--workers", type=_count(1), default=1, help="local: runs at a time (default 1)")
+    run.add_argument("--workers", type=_count(1, 1024), default=1, help="local: runs at a time (default 1)")
     run.add_argument("--gpus", type=_gpu_list, default=None, help="local: GPUs for the workers, one each in turn "
                                                                    "(default: every visible GPU)")
     slurm = run.add_argument_group("slurm (with --launcher slurm)")
     slurm.add_argument("--partition", default=None, help="Slurm partition")
-    slurm.add_argument("--gpus-per-run", type=_count(0), default=0, help="GPUs per task (default 0)")
-    slurm.add_argument("--cpus-per-run", type=_count(1), default=1,
+    slurm.add_argument("--gpus-per-run", type=_count(0, 64), default=0, help="GPUs per task (default 0)")
+    slurm.add_argument("--cpus-per-run", type=_count(1, 1024), default=1,
                        help="CPUs per task; also its thread count (default 1)")
-    slurm.add_argument("--mem", default=None, help="memory per task, e.g. 32G")
-    slurm.add_argument("--time", default="4:00:00", help="time limit per task, [D-]HH:MM:SS (default 4:00:00)")
-    slurm.add_argument("--max-parallel", type=_count(1), default=64,
+    slurm.add_argument("--mem", type=_memory, default=None, help="memory per task, e.g. 32G")
+    slurm.add_argument("--time", type=_slurm_time, default="4:00:00",
+                       help="time limit per task: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (default 4:00:00)")
+    slurm.add_argument("--max-parallel", type=_count(1, 100000), default=64,
                        help="tasks of the array running at once (default 64)")
-    slurm.add_argument("--runs-per-task", type=_count(1), default=1, help="configs run one after another per task")
-    slurm.add_argument("--ranks-per-run", type=_count(1), default=None,
+    slurm.add_argument("--runs-per-task", type=_count(1, 100000), default=1,
+                       help="configs run one after another per task")
+    slurm.add_argument("--ranks-per-run", type=_count(1, 1024), default=None,
                        help="processes per run (DistributedDataParallel; default: one per GPU of --gpus-per-run)")
     slurm.add_argument("--slurm", action="append", type=_key_value, metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --slurm account=lab --slurm qos=high (repeatable)")

@@ -73,17 +73,33 @@ class RunOutcome:
     id: str | None = None  # general.id (default: the config file's name)
 
 
-def collect_configs(paths: Iterable[str | Path], recursive: bool = False) -> list[Path]:
-    """Config files named directly, plus every visible ``*.json`` in named folders (sorted; hidden files
-    such as macOS ``._*.json`` skipped).  A dangling link is listed: reading it is that config's failure."""
+def collect_configs(paths: Iterable[str | Path], recursive: bool = False,
+                    log: Callable[[str], None] | None = None) -> list[Path]:
+    """Config files named directly, plus every visible ``*.json`` file in named folders (sorted; hidden
+    files such as macOS ``._*.json`` skipped; a folder named ``*.json`` is a folder, read only with
+    ``recursive``).  Each file is listed once however often it is reached (by its resolved path; ``log``
+    is told of the repeats and of the ``*.json`` folders left out).  A dangling link is listed: reading it
+    is that config's failure."""
     out: list[Path] = []
+    seen: set[Path] = set()
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(json_files(p, recursive))
+            found = json_files(p, recursive)
+            if log is not None and not recursive:
+                for d in sorted(q for q in p.glob("*.json") if q.is_dir() and not q.name.startswith(".")):
+                    log(f"{d}: a folder, not a config file: left out (--recursive reads the configs inside it)")
         elif p.exists() or p.is_symlink():
-            out.append(p)
+            found = [p]
         else:
             raise FileNotFoundError(f"{p}: no such file or folder")
+        for f in found:
+            key = f.resolve() if f.exists() else f.absolute()
+            if key in seen:
+                if log is not None:
+                    log(f"{f}: already listed; run once")
+                continue
+            seen.add(key)
+            out.append(f)
     return out
 
 
@@ -113,9 +129,7 @@ def _run_config(path: Path, results: str | Path | None, tic: float, *, force: bo
     root = results_root(results, spec.config.general.output_dir)
     shutil.rmtree(invalid_dir(root, path), ignore_errors=True)
     folder = spec.folder(root)
-    comp = spec.config.training.compressor
-    outcome = RunOutcome(str(path), "completed", str(folder.path), comp.name, comp.sparsity, spec.config.general.seed,
-                         id=spec.config.general.id)
+    outcome = outcome_of(path, spec, folder)
     if not force and completed_damage(folder) == []:
         return _skipped(outcome, folder)
     rank = distributed.from_environment()
@@ -131,6 +145,20 @@ def _run_config(path: Path, results: str | Path | None, tic: float, *, force: bo
             ready(False)
         outcome.status, outcome.reason = "busy", str(busy)
         return outcome
+
+
+def outcome_of(path: Path, spec: RunSpec, folder: RunFolder) -> RunOutcome:
+    """A run's outcome with what its config says (status completed until told otherwise)."""
+    comp = spec.config.training.compressor
+    return RunOutcome(str(path), "completed", str(folder.path), comp.name, comp.sparsity, spec.config.general.seed,
+                      id=spec.config.general.id)
+
+
+def skipped_outcome(path: Path, results: str | Path | None = None) -> RunOutcome:
+    """The outcome of a completed run that a launcher does not run again: its recorded results."""
+    spec = RunSpec.load(path)
+    folder = spec.folder(results_root(results, spec.config.general.output_dir))
+    return _skipped(outcome_of(Path(path), spec, folder), folder)
 
 
 def _signal_ranks(rank: distributed.Rank, spec: RunSpec) -> Callable[[bool], None]:
@@ -151,7 +179,7 @@ def _run_as_other_rank(rank: distributed.Rank, spec: RunSpec, folder: RunFolder,
         return outcome
     res = execute(spec, folder, log=lambda text: None)
     outcome.seconds = time.perf_counter() - tic
-    _fill_results(outcome, res)
+    fill_results(outcome, res)
     return outcome
 
 
@@ -169,7 +197,7 @@ def _invalid(path: Path, results: str | Path | None, problems: list[Problem]) ->
 
 def _skipped(outcome: RunOutcome, folder: RunFolder) -> RunOutcome:
     outcome.status = "skipped"
-    _fill_results(outcome, folder.read(Files.RESULTS))
+    fill_results(outcome, folder.read(Files.RESULTS))
     return outcome
 
 
@@ -211,7 +239,7 @@ def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutco
     outcome.seconds = time.perf_counter() - tic
     folder.set_status("completed", seconds=outcome.seconds, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     release_checkpoints(folder, spec.config.general.keep)  # checkpoint.prev.pt; checkpoint.pt too if not kept
-    _fill_results(outcome, res)
+    fill_results(outcome, res)
     return outcome
 
 
@@ -282,7 +310,7 @@ def _repair(spec: RunSpec, folder: RunFolder, outcome: RunOutcome, tic: float, d
     release_checkpoints(folder, spec.config.general.keep)
     outcome.seconds = time.perf_counter() - tic
     outcome.extra["repaired"] = damage
-    _fill_results(outcome, res)
+    fill_results(outcome, res)
     return outcome
 
 
@@ -294,7 +322,7 @@ def _record_failure(folder: RunFolder, outcome: RunOutcome, trace: str, log: Cal
         log(f"  (could not record the failure in {folder.file(Files.STATUS)}: {exc})")
 
 
-def _fill_results(outcome: RunOutcome, res: Any) -> None:
+def fill_results(outcome: RunOutcome, res: Any) -> None:
     res = res if isinstance(res, dict) else {}
     number = (lambda v: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
     outcome.test_acc = number(res.get("final_test_acc"))
@@ -307,7 +335,7 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
               restart: bool = False, recursive: bool = False, log: Callable[[str], None] = print) -> list[RunOutcome]:
     """Run every config; Ctrl-C / SIGTERM marks the current run interrupted and stops the batch.  The batch
     record ``<root>/batches/<time>.json`` is written in any case (a failure to write it is logged)."""
-    configs = collect_configs(paths, recursive)
+    configs = collect_configs(paths, recursive, log=log)
     outcomes: list[RunOutcome] = []
     previous = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
@@ -327,13 +355,18 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
             outcomes.append(outcome)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    root = results_root(results)
+    record_batch(outcomes, results, log)
+    return outcomes
+
+
+def record_batch(outcomes: list[RunOutcome], results: str | Path | None, log: Callable[[str], None] = print) -> None:
+    """The batch record ``<root>/batches/<time>.json``: every outcome of one batch (a failure to write it is
+    logged, never raised)."""
     try:
         if distributed.from_environment().main:  # one record per batch, not one per rank
-            write_json(batch_record_path(root), [o.__dict__ for o in outcomes])
+            write_json(batch_record_path(results_root(results)), [o.__dict__ for o in outcomes])
     except OSError as exc:
         log(f"could not write the batch record: {exc}")
-    return outcomes
 
 
 def summary_table(outcomes: list[RunOutcome]) -> str:

@@ -1,5 +1,5 @@
-"""Runs onto other processes and machines with submitit: ``--launcher local`` (a pool of worker processes
-on this machine, one GPU each) and ``--launcher slurm`` (one Slurm job array).
+"""Runs onto a Slurm cluster with submitit (``--launcher slurm``: one job array), and the plan every launcher
+makes first (``--launcher local``, a pool of worker processes of this machine, is :mod:`launch.local`).
 
 Every task runs its configs with :func:`launch.runner.run_config`, so run folders, locks, skipping and
 resuming behave exactly as in a plain ``run``.  A Slurm task that times out or is preempted is requeued
@@ -11,6 +11,7 @@ own.  Configs are checked before anything is submitted; completed runs are not s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 import submitit
 
-from launch.runner import TASK_LOG, RunOutcome, completed_damage, run_config
+from launch.runner import TASK_LOG, completed_damage, run_config
 from runspec import RunSpec
 from runspec.folder import results_root
 from utils.schema import ConfigError
@@ -81,35 +82,6 @@ def chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def launch_local(todo: list[Path], results: str | None, *, workers: int, gpus: list[int] | None,
-                 log: Callable[[str], None] = print) -> list[RunOutcome]:
-    """Run ``todo`` on ``workers`` worker processes of this machine (worker i sees only GPU ``gpus[i]``;
-    default: every visible GPU in turn, or the CPU) and wait for them; returns every outcome."""
-    if gpus is None:
-        import torch
-
-        gpus = list(range(torch.cuda.device_count()))
-    folder = results_root(results) / "launch" / time.strftime("%Y%m%d-%H%M%S")
-    executor = submitit.LocalExecutor(folder=folder)
-    executor.update_parameters(timeout_min=FOREVER_MIN, setup=SETUP)
-    groups = [todo[i::workers] for i in range(workers) if todo[i::workers]]
-    jobs = []
-    for i, group in enumerate(groups):
-        env = {"CUDA_VISIBLE_DEVICES": str(gpus[i % len(gpus)]) if gpus else ""}
-        if gpus:
-            env["PAI_CUDA_INDEX"] = "0"  # the one visible device
-        jobs.append(executor.submit(RunConfigs([str(p) for p in group], results, env)))
-    log(f"{len(todo)} runs on {len(jobs)} local workers" + (f" (GPUs {gpus})" if gpus else " (CPU)")
-        + f"; logs in {folder}")
-    outcomes: list[RunOutcome] = []
-    for job, group in zip(jobs, groups):
-        try:
-            outcomes += [RunOutcome(**o) for o in job.result()]
-        except Exception as exc:  # noqa: BLE001 - a dead worker fails its runs, the others go on
-            outcomes += [RunOutcome(str(p), "failed", reason=f"worker failed: {exc}") for p in group]
-    return outcomes
-
-
 @dataclass
 class SlurmOptions:
     partition: str | None = None
@@ -127,12 +99,29 @@ class SlurmOptions:
         return self.ranks_per_run or max(self.gpus_per_run, 1)
 
 
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+MAX_TIME_MIN = 365 * 24 * 60
+
+
 def time_minutes(text: str) -> int:
-    """Slurm's ``[D-]HH:MM:SS`` / ``MM`` time as minutes (at least 1)."""
-    days, _, rest = text.rpartition("-")
-    parts = [int(p) for p in rest.split(":")]
-    h, m, s = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
-    return max(int(days or 0) * 1440 + h * 60 + m + (1 if s else 0), 1)
+    """A Slurm time limit as whole minutes (seconds round up; at least 1).  Slurm's forms: ``MM``,
+    ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``.  Raises ValueError naming the valid forms."""
+    match = _TIME.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"time limit {text!r} is not a Slurm time: use MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
+                         "D-HH:MM:SS (e.g. 4:00:00)")
+    days, *parts = match.groups()
+    numbers = [int(p) for p in parts if p is not None]
+    if days is not None:  # D-HH[:MM[:SS]]
+        h, m, s = (numbers + [0, 0])[:3]
+    elif len(numbers) == 3:
+        h, m, s = numbers
+    else:  # MM[:SS]
+        h, (m, s) = 0, (numbers + [0])[:2]
+    minutes = int(days or 0) * 1440 + h * 60 + m + (1 if s else 0)
+    if minutes > MAX_TIME_MIN:
+        raise ValueError(f"time limit {text!r} is more than a year ({MAX_TIME_MIN} minutes)")
+    return max(minutes, 1)
 
 
 def launch_slurm(todo: list[Path], results: str | None, options: SlurmOptions,

@@ -240,10 +240,12 @@ def read_regular_text(path: str | Path, what: str, limit: int = CONFIG_FILE_LIMI
 def json_files(folder: str | Path, recursive: bool = False) -> list[Path]:
     """The ``*.json`` files of ``folder`` (and its subfolders with ``recursive``), sorted, without hidden
     ones: a name starting with ``.`` (e.g. the ``._name.json`` resource forks macOS leaves on shared
-    drives) is never taken for a config."""
+    drives) is never taken for a config.  A folder named ``*.json`` is not a file (with ``recursive`` its
+    files are found like any subfolder's); a dangling link named ``*.json`` is listed (reading it fails)."""
     folder = Path(folder)
     found = folder.rglob("*.json") if recursive else folder.glob("*.json")
-    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                  and (p.is_file() or (p.is_symlink() and not p.exists())))
 
 
 def write_bytes(path: str | Path, payload: bytes) -> None:
