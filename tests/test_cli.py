@@ -190,7 +190,7 @@ def test_a_run_claimed_by_a_live_process_is_reported_busy_and_left_alone(make_co
         assert out.status == "busy"
         assert f"pid {holder.pid}" in out.reason and str(lock) in out.reason
         assert not folder.exists() and lock.exists()  # nothing touched, the holder's lock kept
-        assert main(["run", str(cfg_path), "--results", str(results)]) == 0
+        assert main(["run", str(cfg_path), "--results", str(results)]) == 1  # not run: not a success
         assert "1 busy in another process" in capsys.readouterr().out
     finally:
         holder.kill()
