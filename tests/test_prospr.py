@@ -269,7 +269,7 @@ def test_public_api_on_a_dataloader() -> None:
     masks = compressors.select(scores, sparsity=0.9, scope="global")
     kept = sum(int(m.sum()) for m in masks.values())
     assert kept == round(0.1 * sum(m.numel() for m in masks.values()))
-    assert scores.diagnostics["mask_batches_used"] == 1 and len(scores.diagnostics["losses"]) == 3
+    assert scores.diagnostics["mask_batches"] == 1 and len(scores.diagnostics["losses"]) == 3
 
 
 def test_digits_run_from_json(make_config, tmp_path: Path) -> None:
@@ -285,7 +285,7 @@ def test_digits_run_from_json(make_config, tmp_path: Path) -> None:
     assert results["achieved_sparsity"] == pytest.approx(0.8, abs=1e-3)
     diag = results["criterion_diagnostics"]
     assert len(diag["losses"]) == 3 and all(math.isfinite(v) for v in diag["losses"])
-    assert diag["mask_batches_used"] == 3 and diag["meta_grad"] == "full"
+    assert diag["mask_batches"] == 3 and diag["meta_grad"] == "full"
     config = json.loads((folder / "config.json").read_text())
     assert config["training"]["compressor"]["options"]["inner_steps"] == 2
     mask = load_torch(folder / "mask.pt")

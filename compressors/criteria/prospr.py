@@ -52,6 +52,7 @@ from torch.func import functional_call
 from compressors import register
 from compressors.base import Compressor, ScoreMap, Scores, model_device
 from compressors.estimators import Batch, batches_on
+from compressors.rounds import BatchStream
 from utils.schema import option
 
 Tensors = dict[str, torch.Tensor]
@@ -69,8 +70,9 @@ class ProsprOptions:
     weight_decay: float = option(0.0, "L2 weight decay of the inner steps (the authors' functional_sgd is "
                                       "called without it: 0)", min=0)
     same_batch: bool = option(True, "every inner step and the meta loss use the first mask batch (cli.py "
-                                    "--new-data-in-inner default False); false: step k uses mask batch k, "
-                                    "the meta loss batch M, cycling over the mask batches (prune()'s default)")
+                                    "--new-data-in-inner default False); false: each step and the meta loss "
+                                    "take the next mask batch, a new pass over the mask data when it ends "
+                                    "(prune()'s default)")
     meta_grad: Literal["full", "first_order"] = option(
         "full", "'full': backpropagate through the M steps (second-order terms, create_graph); 'first_order': "
                 "∇L(θ_M) ⊙ θ_init, each step's Jacobian taken as the identity (cli.py --meta-grads-mode "
@@ -104,20 +106,9 @@ def sgd_step(theta: Tensors, grads: Tensors, buffers: dict[str, torch.Tensor | N
     return new_theta, new_buffers
 
 
-def batch_schedule(batches: Sequence[Batch], steps: int, same_batch: bool) -> list[Batch]:
-    """The M + 1 batches ``D_0..D_M`` of the inner steps and the meta loss: the first batch every time
-    (``same_batch``), else the mask batches in order, cycling (the authors re-open their loader on
-    ``StopIteration``)."""
-    if not batches:
-        raise ValueError("prospr needs at least one mask batch")
-    if same_batch:
-        return [batches[0]] * (steps + 1)
-    return [batches[k % len(batches)] for k in range(steps + 1)]
-
-
 def meta_gradient(model: nn.Module, names: Sequence[str], batches: Sequence[Batch], loss_fn: LossFn, *,
-                  steps: int, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, same_batch: bool = True,
-                  method: str = "full", detach_first: bool = False) -> tuple[Tensors, list[float]]:
+                  lr: float, momentum: float = 0.0, weight_decay: float = 0.0, method: str = "full",
+                  detach_first: bool = False) -> tuple[Tensors, list[float]]:
     """``∂L(θ_M; D_M) / ∂c`` at ``c = 1`` for the parameters ``names`` (ProsPr, Sec. 3; see the module
     docstring), backpropagated through the unrolled steps: ``method="full"`` keeps each step's gradient in
     the graph (``create_graph=True``: the Hessian terms ``−α ∇²L(θ_k)`` of ``∂θ_{k+1}/∂θ_k``);
@@ -132,14 +123,16 @@ def meta_gradient(model: nn.Module, names: Sequence[str], batches: Sequence[Batc
     1860 vs 450 MiB above the model: ResNet20, one batch of 32 CIFAR-shaped samples, 3 steps, this
     project's 2-core CPU, two runs each).
 
+    ``batches`` are ``D_0 .. D_M``: one per inner step, then the meta loss's (M = ``len(batches) − 1``).
     Returns the meta-gradients and the losses ``L(θ_0; D_0) .. L(θ_{M−1}; D_{M−1}), L(θ_M; D_M)``."""
     if method not in ("full", "first_order"):
         raise ValueError(f"method must be 'full' or 'first_order', got {method!r}")
+    if len(batches) < 2:
+        raise ValueError(f"meta_gradient needs at least one inner step and the meta batch, got {len(batches)} batches")
     params = dict(model.named_parameters())
     trained = list(dict.fromkeys([n for n, p in params.items() if p.requires_grad] + list(names)))
     frozen = {n: p.detach() for n, p in params.items() if n not in trained}
     state = {n: b.detach().clone() for n, b in model.named_buffers()}
-    schedule = batch_schedule(batches, steps, same_batch)
 
     def loss_at(theta: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return loss_fn(functional_call(model, {**frozen, **state, **theta}, (x,)), y)
@@ -149,12 +142,12 @@ def meta_gradient(model: nn.Module, names: Sequence[str], batches: Sequence[Batc
              for n in trained}  # θ_0 = c ⊙ θ_init; the unmasked parameters are leaves of their own
     momenta: dict[str, torch.Tensor | None] = {}
     losses = []
-    for x, y in schedule[:-1]:
+    for x, y in batches[:-1]:
         loss = loss_at(theta, x, y)
         g = torch.autograd.grad(loss, list(theta.values()), create_graph=method == "full", materialize_grads=True)
         losses.append(float(loss.detach()))
         theta, momenta = sgd_step(theta, dict(zip(theta, g)), momenta, lr, momentum, weight_decay, detach_first)
-    x, y = schedule[-1]
+    x, y = batches[-1]
     final = loss_at(theta, x, y)
     meta = torch.autograd.grad(final, [c[n] for n in names], materialize_grads=True)
     return {n: m.detach() for n, m in zip(names, meta)}, [*losses, float(final.detach())]
@@ -170,9 +163,10 @@ class ProsPr(Compressor):
     masked), in train mode by default (BN batch statistics), on the first mask batch every time
     (``same_batch``, the authors' command line) or on the mask batches in turn.  The mask batch is the
     authors' meta batch (their command line: 128 random training samples; here ``compressor.batch_size``).
-    Diagnostics: the loss before each step and the meta loss (``losses``), the number of distinct mask
-    batches used (``mask_batches_used``).  Defaults and the authors' other
-    behaviours: module docstring.
+    Diagnostics: the loss before each step and the meta loss (``losses``), the mask batches drawn
+    (``mask_batches``: 1 with ``same_batch``, else M + 1, restarting the mask loader when it ends as
+    :class:`compressors.rounds.BatchStream` does; a reshuffling loader reshuffles, as the authors' does).
+    Defaults and the authors' other behaviours: module docstring.
     """
 
     Options = ProsprOptions
@@ -180,10 +174,12 @@ class ProsPr(Compressor):
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> Scores:
         o = self.options
         model.train(o.mode == "train")
-        batches = batches_on(mask_loader, model_device(model))
-        meta, losses = meta_gradient(model, names, batches, loss_fn, steps=o.inner_steps, lr=o.inner_lr,
-                                     momentum=o.momentum, weight_decay=o.weight_decay, same_batch=o.same_batch,
-                                     method=o.meta_grad, detach_first=o.momentum_init == "detached")
-        used = 1 if o.same_batch else min(len(batches), o.inner_steps + 1)
+        stream = BatchStream(mask_loader)  # D_0..D_M: the first batch every time, or the next M + 1 in turn
+        drawn = stream.take(1) if o.same_batch else stream.take(o.inner_steps + 1)
+        distinct = batches_on(drawn, model_device(model))
+        batches = distinct * (o.inner_steps + 1) if o.same_batch else distinct
+        meta, losses = meta_gradient(model, names, batches, loss_fn, lr=o.inner_lr, momentum=o.momentum,
+                                     weight_decay=o.weight_decay, method=o.meta_grad,
+                                     detach_first=o.momentum_init == "detached")
         return ScoreMap({n: meta[n].abs() for n in names},
-                        {"losses": losses, "meta_grad": o.meta_grad, "mask_batches_used": used})
+                        {"losses": losses, "meta_grad": o.meta_grad, "mask_batches": len(drawn)})
