@@ -163,12 +163,12 @@ def test_layer_shares_and_weight_frequencies_match_the_authors_walks(build, spar
     diff, se, corr = _compare(build(), sparsity)
     # the authors overshoot their int() count by less than one walk: shares (not counts) are compared
     assert np.all(np.abs(diff) <= 4 * se + 0.01), (diff, se)
-    assert corr > 0.9, corr
+    assert corr > 0.87, corr  # two runs of one procedure: ~0.92; a random mask with the same layer counts: 0.75
 
 
 def test_kernel_conserved_keeps_whole_kernels_like_the_authors() -> None:
     diff, se, corr = _compare(conv_net(), 0.9, kernel_conserved=True)
-    assert np.all(np.abs(diff) <= 4 * se + 0.01) and corr > 0.9, (diff, se, corr)
+    assert np.all(np.abs(diff) <= 4 * se + 0.01) and corr > 0.87, (diff, se, corr)
     scores = _ours(conv_net(), 0.9, seed=0, kernel_conserved=True)
     kernels = (scores["0.weight"] > 0).reshape(4, 3, 9).sum(2)
     assert int(((kernels > 0) & (kernels < 9)).sum()) <= 1  # whole kernels but the one cut at the exact count
@@ -176,7 +176,7 @@ def test_kernel_conserved_keeps_whole_kernels_like_the_authors() -> None:
 
 def test_official_shortcut_reproduces_the_authors_resnet_walks_and_graph_differs_from_them() -> None:
     diff, se, corr = _compare(tiny_resnet(), 0.9, shortcut="official")
-    assert np.all(np.abs(diff) <= 4 * se + 0.01) and corr > 0.9, (diff, se, corr)
+    assert np.all(np.abs(diff) <= 4 * se + 0.01) and corr > 0.87, (diff, se, corr)
     graph_diff, graph_se, _ = _compare(tiny_resnet(), 0.9, shortcut="graph")
     # the authors' forward walk skips block 2's last conv when it takes the next block's shortcut
     assert graph_diff[2] > 4 * graph_se[2] + 0.01, (graph_diff, graph_se)
