@@ -19,7 +19,8 @@ differs between them is said by three choices, each made here once:
 - the **count rule inside the rounds** (``rule``, :data:`ROUND_RULES`): ``exact``: round(d·N) entries by
   the exact top-k of :func:`compressors.masks.select` (ties to the lower index); ``floor``: floor(d·N) by
   the same top-k (FORCE's ``int(N * d)``); ``torch_floor``: max(1, floor(d·N)) by ``torch.topk`` (the
-  official SynFlow code).
+  official SynFlow code); ``kthvalue``: every score at or below the int(s·N)-th smallest is pruned, ties
+  included (Synaptic-Flow's ``Pruner._global_mask``, kept by the NTK-SAP and PX codes).
 
 The last round's mask is not chosen here: :func:`run_rounds` returns the last round's scores, arranged so
 that ``compressors.select(scores, s, "global")`` (what the pipeline does with every criterion) picks the
@@ -45,7 +46,7 @@ from utils.progress import progress
 
 SCHEDULES = ("exponential", "linear", "prune_fraction")
 MASKINGS = ("remask", "keep_out", "intersect")
-ROUND_RULES = ("exact", "floor", "torch_floor")
+ROUND_RULES = ("exact", "floor", "torch_floor", "kthvalue")
 
 
 def round_sparsities(sparsity: float, rounds: int, schedule: str = "exponential") -> list[float]:
@@ -75,7 +76,21 @@ def round_mask(scores: torch.Tensor, sparsity: float, rule: str = "exact") -> to
         return topk_mask(scores, int((1.0 - sparsity) * n))
     if rule == "torch_floor":
         return torch_topk_mask(scores, kept_count(n, sparsity, "floor"))
+    if rule == "kthvalue":
+        return kthvalue_mask(scores, sparsity)
     raise ValueError(f"round rule must be one of {ROUND_RULES}, got {rule!r}")
+
+
+def kthvalue_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Synaptic-Flow's ``Pruner._global_mask`` (ganguli-lab/Synaptic-Flow ``Pruners/pruners.py``; the same
+    function in YiteWang/NTK-SAP and iurada/px-ntk-pruning): with k = int(s·N), the threshold is the k-th
+    smallest score and every score ``<=`` it is pruned, so ties with it are pruned too and fewer than
+    N - k weights may be kept; k < 1 prunes nothing."""
+    k = int(sparsity * scores.numel())
+    if k < 1:
+        return torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    threshold = torch.kthvalue(scores, k).values
+    return scores > threshold
 
 
 class NonFiniteScores(Exception):
