@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 import compressors
+from compressors.connectivity import UnsupportedNetwork, connectivity
 from compressors.costs import Costs, count_costs
 from engine.run import Run, state_to_cpu
 from engine.trackers import hparams
@@ -33,6 +34,23 @@ def ranks_record(run: Run) -> dict[str, Any]:
     if not run.rank.distributed:
         return {}
     return {"world_size": run.rank.world, "masks_verified_on_ranks": run.state.extra.get("masks_verified_on_ranks")}
+
+
+def connectivity_record(run: Run) -> dict[str, Any]:
+    """What every run adds to ``results.json`` about connectivity (Vysogorets & Kempe 2023): the effective
+    sparsity of the scored weights (kept weights cut off from the input or the output counted as removed; the
+    same denominator as ``achieved_sparsity``), the connected kept count, the disconnected count and the
+    effective density per tensor (:func:`compressors.connectivity.connectivity`); ``effective_sparsity`` is
+    null, with the reason in ``effective_sparsity_unsupported``, for a network outside the path graph
+    (attention).  With ``reprune_disconnected`` the re-pruning record (``effective_pruning``) too."""
+    scored = {n: run.masks[n] for n in run.scored if n in run.masks}
+    try:
+        record = connectivity(run.model, scored, run.loaders.input_shape).record()
+    except UnsupportedNetwork as exc:
+        record = {"effective_sparsity": None, "effective_sparsity_unsupported": str(exc)}
+    if "effective_pruning" in run.state.extra:
+        record["effective_pruning"] = run.state.extra["effective_pruning"]
+    return record
 
 
 def finish(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +77,8 @@ def finish(run: Run, extra: dict[str, Any]) -> dict[str, Any]:
                          best_val_metric=st.best_metric, validation_metric=run.settings.metric,
                          validation_on_test_set=run.loaders.val_is_test,
                          epoch_seconds=[row["epoch_seconds"] for row in st.history],
-                         pruning=PruningRecord(**st.pruning), extra={**extra, **ranks_record(run)},
+                         pruning=PruningRecord(**st.pruning),
+                         extra={**extra, **ranks_record(run), **connectivity_record(run)},
                          costs=CostRecord(**counted.totals())).to_json()
     run.folder.write(Files.RESULTS, results)
     for tracker in run.trackers:

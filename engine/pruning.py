@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 import compressors
-from compressors import select_remaining, shuffle_within_layers
+from compressors import kept_count, select_remaining, shuffle_within_layers
 from compressors.cache import score_with_cache
+from compressors.connectivity import effective_masks, effective_selection, with_min_density
 from engine.run import Run
 from runspec.config import CompressorConfig
 from utils import distributed
@@ -26,7 +27,7 @@ from utils.seeding import derive_seed, seed_everything
 @dataclass(frozen=True)
 class PruneSettings:
     """How one pruning step chooses its mask (``training.compressor``: sparsity, mask, kept_count, ablation,
-    structure, aggregate, structure_norm)."""
+    structure, aggregate, structure_norm, reprune_disconnected, min_layer_density)."""
 
     sparsity: float
     mask: str = "global"            # one threshold over all scored weights, or one per tensor ("layer")
@@ -35,13 +36,16 @@ class PruneSettings:
     structure: str = "none"         # "none" or structure kinds such as "channel", "head+neuron"
     aggregate: str = "sum"          # structures: how element scores combine
     structure_norm: str = "none"    # structures: "layer" divides each group's scores by their absolute sum
+    reprune_disconnected: bool = False        # re-fill the budget of disconnected weights (effective sparsity)
+    min_layer_density: float | None = None    # every tensor keeps at least this fraction (global mask)
 
     @classmethod
     def of(cls, comp: CompressorConfig) -> PruneSettings:
         """The settings of a run's (resolved) compressor section."""
         return cls(sparsity=comp.sparsity, mask=comp.mask, kept_count=comp.kept_count or "round",
                    ablation=comp.ablation, structure=comp.structure, aggregate=comp.aggregate,
-                   structure_norm=comp.structure_norm)
+                   structure_norm=comp.structure_norm, reprune_disconnected=comp.reprune_disconnected,
+                   min_layer_density=comp.min_layer_density)
 
     def at(self, sparsity: float) -> PruneSettings:
         """The same settings at another target sparsity (one step of a schedule)."""
@@ -82,7 +86,7 @@ def prune(run: Run, settings: PruneSettings, seed_parts: tuple[Any, ...] = ("sco
     if run.structures is not None:
         masks = structured_masks(run, scores, settings)
     else:
-        masks = select_remaining(scores, run.masks, settings.sparsity, settings.mask, kept=settings.kept_count)
+        masks = unstructured_masks(run, scores, settings)
         if settings.ablation == "shuffle":
             masks = shuffle_within_layers(masks, ablation_generator(run))
     run.set_masks(masks)
@@ -94,6 +98,49 @@ def prune(run: Run, settings: PruneSettings, seed_parts: tuple[Any, ...] = ("sco
     run.log(f"  pruned with {run.criterion.name} to sparsity {1 - run.density():.4f} of "
             f"{sum(m.numel() for m in run.masks.values()):,} prunable weights (warmup {p['warmup_seconds']:.1f}s, "
             f"scoring {p['scoring_seconds']:.1f}s, score cache {p['score_cache']})")
+
+
+def unstructured_masks(run: Run, scores: dict[str, torch.Tensor], settings: PruneSettings) -> dict[str, torch.Tensor]:
+    """The best-scored remaining weights at ``settings.sparsity`` (:func:`compressors.select_remaining`), then
+    ``min_layer_density`` (:func:`compressors.connectivity.with_min_density`: every tensor keeps at least that
+    fraction, the total unchanged), then ``reprune_disconnected``
+    (:func:`compressors.connectivity.effective_selection`: Vysogorets & Kempe's binary search over the number
+    of weights kept in score order, for the fewest whose *effective* count reaches the target count; the
+    disconnected weights are removed).  The re-pruning record goes to ``results.json`` as
+    ``effective_pruning``."""
+    previous = run.masks
+
+    def select_kept(k: int | None) -> dict[str, torch.Tensor]:
+        n = sum(m.numel() for m in previous.values())
+        sparsity = settings.sparsity if k is None else sparsity_for_kept(n, k, settings.kept_count)
+        masks = select_remaining(scores, previous, sparsity, settings.mask, kept=settings.kept_count)
+        if settings.min_layer_density is not None:
+            masks = with_min_density(scores, masks, previous, settings.min_layer_density)
+        return masks
+
+    masks = select_kept(None)
+    if not settings.reprune_disconnected:
+        return masks
+    target = int(sum(int(torch.count_nonzero(m)) for m in masks.values()))
+    available = int(sum(int(torch.count_nonzero(m)) for m in previous.values()))
+    tic = time.perf_counter()
+    masks, record = effective_selection(select_kept, lambda m: effective_masks(run.model, m, run.loaders.input_shape),
+                                        target, available)
+    record["seconds"] = time.perf_counter() - tic
+    run.state.extra["effective_pruning"] = record
+    run.log(f"  re-pruned disconnected weights: {record['direct_kept']:,} kept in score order give "
+            f"{record['effective_kept']:,} connected (target {record['target_kept']:,}"
+            f"{'' if record['reached'] else ', not reachable'}; {record['probes']} probes, {record['seconds']:.1f}s)")
+    return masks
+
+
+def sparsity_for_kept(n: int, k: int, rule: str) -> float:
+    """A sparsity at which :func:`compressors.kept_count` keeps exactly ``k`` of ``n`` under ``rule``."""
+    for sparsity in (1.0 - k / n, 1.0 - (k + 0.5) / n):
+        sparsity = min(max(sparsity, 0.0), 1.0 - 0.5 / n)
+        if kept_count(n, sparsity, rule) == k:
+            return sparsity
+    raise ValueError(f"no sparsity keeps exactly {k} of {n} weights under the '{rule}' rule")
 
 
 def structured_masks(run: Run, scores: dict[str, torch.Tensor], settings: PruneSettings) -> dict[str, torch.Tensor]:

@@ -147,7 +147,26 @@ class OptimizerConfig:
 class CompressorConfig:
     name: str = option("none", "registered pruning criterion ('none' = dense)", key="class")
     mask: Literal["global", "layer"] = option("global", "one threshold over all prunable weights, or per tensor")
-    sparsity: float = option(0.0, "fraction of prunable weights removed", min=0, max=1, max_exclusive=True)
+    sparsity: float = option(0.0, "fraction of prunable weights removed; give it, density or compression (one of "
+                                  "the three)", min=0, max=1, max_exclusive=True)
+    density: Optional[float] = option(
+        None, "the sparsity given as the fraction of prunable weights kept (sparsity = 1 - density; Synaptic-Flow, "
+              "NTK-SAP, PHEW and FORCE quote this); resolved into sparsity, docs/configs.md#sparsity-density-or-"
+              "compression", min=0, max=1, min_exclusive=True, identity=False)
+    compression: Optional[float] = option(
+        None, "the sparsity given as the compression ratio 1 / density (sparsity = 1 - 1/compression; Vysogorets & "
+              "Kempe quote 10^c); resolved into sparsity", min=1, identity=False)
+    sparsity_form: Literal["sparsity", "density", "compression"] = option(
+        "sparsity", "the form the sparsity was given in, for report labels (set when density or compression is "
+                    "given; never changes a result)", identity=False)
+    reprune_disconnected: bool = option(
+        False, "effective sparsity (Vysogorets & Kempe 2023): remove kept weights cut off from the input or the "
+               "output and re-fill the budget from the next best scores until the effective sparsity meets the "
+               "target (their binary search); docs/run-folder.md#effective-sparsity")
+    min_layer_density: Optional[float] = option(
+        None, "after selection, every prunable tensor keeps at least this fraction of its weights (its top-scored "
+              "ones), the budget taken from the globally lowest kept elsewhere (exact total; global mask only); "
+              "null: no minimum", min=0, max=1, min_exclusive=True)
     warmup: int = option(0, "BN-statistics passes over the training data before scoring", min=0)
     batch_size: int = option(1, "mask-data batch size", min=1)
     per_class_samples: Optional[int] = option(10, "mask-data samples drawn per class from the training set; null: "
@@ -208,6 +227,58 @@ class CompressorConfig:
             parse_kinds(self.structure)
         except ValueError as exc:
             problems.append(Problem(f"{path}.structure", str(exc)))
+        self._resolve_sparsity(path, problems)
+        if self.min_layer_density is not None:
+            where = f"{path}.min_layer_density"
+            if self.mask != "global":
+                problems.append(Problem(where, "a minimum layer density needs the global mask (with mask 'layer' "
+                                               "every tensor already keeps 1 - sparsity); valid: null"))
+            elif self.structure != "none":
+                problems.append(Problem(where, "not defined for structured pruning; valid: null"))
+            elif self.min_layer_density > 1.0 - self.sparsity + 1e-12:
+                problems.append(Problem(where, f"{self.min_layer_density:g} is above the density "
+                                               f"{1.0 - self.sparsity:g} the sparsity keeps overall; valid: (0, "
+                                               f"{1.0 - self.sparsity:g}] or null"))
+        if self.reprune_disconnected and self.structure != "none":
+            problems.append(Problem(f"{path}.reprune_disconnected", "structured pruning removes whole structures; "
+                                    "re-pruning disconnected weights is defined for single weights; valid: false"))
+        if self.reprune_disconnected and self.ablation == "shuffle":
+            problems.append(Problem(f"{path}.reprune_disconnected", "the 'shuffle' ablation permutes the mask after "
+                                    "it is chosen, undoing the connectivity it was chosen for; valid: false"))
+
+    def _resolve_sparsity(self, path: str, problems: list[Problem]) -> None:
+        """``density`` or ``compression`` -> ``sparsity`` (rounded to 15 significant digits, so that a density of
+        0.7 and a sparsity of 0.3 are one run), ``sparsity_form`` recording which was given; both fields are
+        then null, so the resolved config names the sparsity once.  Two forms at once are a problem."""
+        given = [f for f in ("density", "compression") if getattr(self, f) is not None]
+        if len(given) > 1 or (given and self.sparsity != 0.0):
+            both = (["sparsity"] if self.sparsity != 0.0 else []) + given
+            problems.append(Problem(f"{path}.{given[-1]}", f"{' and '.join(both)} are both given; valid: one of "
+                                    "sparsity [0, 1), density (0, 1] or compression [1, inf)"))
+            return
+        if not given:
+            return
+        form = given[0]
+        value = getattr(self, form)
+        sparsity = float(f"{1.0 - (value if form == 'density' else 1.0 / value):.15g}")
+        if sparsity >= 1.0:
+            problems.append(Problem(f"{path}.{form}", f"{value!r} keeps no weight (sparsity rounds to 1); valid: "
+                                    + ("a density above 1e-15" if form == "density" else "a compression below 1e15")))
+            return
+        self.sparsity, self.sparsity_form = sparsity, form
+        self.density = self.compression = None
+
+    @staticmethod
+    def forms_given(raw: Any, path: str) -> list[Problem]:
+        """``sparsity`` given explicitly (even as its default 0) beside ``density`` or ``compression`` in the
+        raw compressor section: :meth:`check` sees only values, so this reads the keys."""
+        if not isinstance(raw, dict) or "sparsity" not in raw:
+            return []
+        other = [k for k in ("density", "compression") if raw.get(k) is not None]
+        if not other or raw.get("sparsity") not in (0, 0.0):
+            return []  # none, or a non-zero sparsity that check() reports
+        return [Problem(f"{path}.{other[0]}", f"sparsity and {other[0]} are both given; valid: one of sparsity "
+                                              "[0, 1), density (0, 1] or compression [1, inf)")]
 
 
 @dataclass
@@ -264,5 +335,8 @@ def parse_config(data: Any, file: str | None = None) -> tuple[ExperimentConfig |
     """Parse a config dict; returns the config (None if unusable) and every problem found."""
     problems: list[Problem] = []
     cfg = parse_collect(ExperimentConfig, data, "", problems)
+    raw_training = data.get("training") if isinstance(data, dict) else None
+    if isinstance(raw_training, dict):
+        problems += CompressorConfig.forms_given(raw_training.get("compressor"), "training.compressor")
     problems = [Problem(p.path, p.message, file) for p in problems]
     return cfg, problems
