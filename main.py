@@ -1,6 +1,7 @@
 """Command line of the PaI framework.
 
-    python main.py run PATH [PATH ...] [--recursive] [--results DIR] [--force] [--launcher local|slurm ...]
+    python main.py run PATH [PATH ...] [--recursive] [--results DIR] [--force] [--set PATH=VALUE] [--max-batches N]
+                       [--launcher local|slurm ...]
     python main.py status RESULTS [--sweep DIR]   # completed / running / failed / missing, ETA
     python main.py validate PATH [PATH ...] [--recursive] [--data] [--allow-module MODULE]
     python main.py list                          # registered datasets, models, criteria, experiments
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -41,7 +43,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad, seen = 0, {}
     for f in files:
         try:
-            spec = RunSpec.load(f, build=True)
+            spec = RunSpec.load(f, build=True, overrides=overrides_of(args))
             problems = spec.data_problems(seen) if args.data else []
         except ConfigError as exc:
             problems = exc.problems
@@ -77,8 +79,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"{f}: general.experiment is '{exp}' but --experiment {args.experiment} was given",
                       file=sys.stderr)
                 return 2
+    overrides = overrides_of(args)
+    if overrides:
+        print("overrides (part of each run's identity): "
+              + ", ".join(f"{p}={json.dumps(v)}" for p, v in overrides))
     if args.launcher == "slurm":
-        return _submit_slurm(files, args)
+        return _submit_slurm(files, args, overrides)
     if args.launcher == "local":
         from launch.local import launch_local, visible_gpus
         from launch.runner import skipped_outcome
@@ -89,14 +95,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(exc, file=sys.stderr)
             return 2
-        todo = plan(files, args.results, args.force, args.restart)
+        todo = plan(files, args.results, args.force, args.restart, overrides=overrides)
         if todo.problems:
             return _plan_problems(todo.problems)
-        outcomes = launch_local(todo.todo, args.results, workers=args.workers, gpus=gpus,
-                                earlier=[skipped_outcome(p, args.results) for p in todo.completed])
+        outcomes = launch_local(todo.todo, args.results, workers=args.workers, gpus=gpus, overrides=overrides,
+                                earlier=[skipped_outcome(p, args.results, overrides) for p in todo.completed])
     else:
         outcomes = run_batch(files, results=args.results, force=args.force, restart=args.restart,
-                             recursive=args.recursive)
+                             recursive=args.recursive, overrides=overrides)
     print()
     print(summary_table(outcomes))
     return batch_exit_code(outcomes, len(files))
@@ -125,10 +131,10 @@ def _plan_problems(problems: list[str]) -> int:
     return 2
 
 
-def _submit_slurm(files: list[Path], args: argparse.Namespace) -> int:
+def _submit_slurm(files: list[Path], args: argparse.Namespace, overrides: list) -> int:
     from launch.submit import SlurmOptions, launch_slurm, plan
 
-    todo = plan(files, args.results, args.force, args.restart)
+    todo = plan(files, args.results, args.force, args.restart, overrides=overrides)
     if todo.problems:
         return _plan_problems(todo.problems)
     print(f"{len(todo.completed)} completed runs are not submitted again")
@@ -138,7 +144,7 @@ def _submit_slurm(files: list[Path], args: argparse.Namespace) -> int:
     launch_slurm(todo.todo, args.results, SlurmOptions(
         partition=args.partition, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run, mem=args.mem,
         time=args.time, max_parallel=args.max_parallel, runs_per_task=args.runs_per_task,
-        ranks_per_run=args.ranks_per_run, extra=extra))
+        ranks_per_run=args.ranks_per_run, extra=extra), overrides=overrides)
     return 0
 
 
@@ -196,6 +202,34 @@ def _memory(text: str) -> str:
     if not re.fullmatch(r"[1-9]\d{0,9}[KMGT]?", text):
         raise argparse.ArgumentTypeError(f"expected a Slurm memory size such as 32G, 16000M or 64000, got {text!r}")
     return text
+
+
+def _override(text: str) -> tuple[str, object]:
+    from runspec.paths import OverrideError, parse_override
+
+    try:
+        return parse_override(text)
+    except OverrideError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", type=_override, metavar="PATH=VALUE", default=[],
+                        help="set one config field in every config before it is checked (repeatable), e.g. "
+                             "--set training.num_steps=2 --set compressor.sparsity=0.95; checked like the field "
+                             "itself and part of the run's identity (its own run folder); VALUE is JSON, else a "
+                             "string")
+    parser.add_argument("--max-batches", type=_count(1, 10**9), default=None, metavar="N",
+                        help="a smoke run: the same as --set training.max_batches=N (every pass capped at N "
+                             "batches; capped evaluation draws its samples at random with the run seed)")
+
+
+def overrides_of(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The ``--set`` pairs of a command line, then ``--max-batches`` as ``training.max_batches``."""
+    out = list(getattr(args, "set", None) or [])
+    if getattr(args, "max_batches", None) is not None:
+        out.append(("training.max_batches", args.max_batches))
+    return out
 
 
 def _add_launch_arguments(run: argparse.ArgumentParser) -> None:
@@ -336,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_allow_module(run)
     run.add_argument("--restart", action="store_true",
                      help="start failed and interrupted runs over instead of resuming them from their checkpoint")
+    _add_override_arguments(run)
     _add_launch_arguments(run)
     run.set_defaults(func=cmd_run, experiment=None)
     sts = sub.add_parser("status", help="where the runs of a results folder (or a sweep) stand")
@@ -348,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_allow_module(val)
     val.add_argument("--data", action="store_true",
                      help="also check that each dataset is present (read from disk, never downloaded)")
+    _add_override_arguments(val)
     val.set_defaults(func=cmd_validate)
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("--fields", action="store_true", help="print every config field as a Markdown table")
@@ -403,6 +439,7 @@ def official_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--restart", action="store_true")
     add_allow_module(parser)
+    _add_override_arguments(parser)
     _add_launch_arguments(parser)
     return parser
 

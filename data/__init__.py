@@ -23,7 +23,9 @@ from data.loaders import (  # noqa: E402
     build_loaders,
     mask_indices,
     read_index_file,
+    smoke_eval_loaders,
 )
 
 __all__ = ["REGISTRY", "register", "get", "names", "discover", "DatasetSource", "DataSplits", "Loaders",
-           "LoaderSettings", "MaskDataSettings", "Placement", "build_loaders", "mask_indices", "read_index_file"]
+           "LoaderSettings", "MaskDataSettings", "Placement", "build_loaders", "mask_indices", "read_index_file",
+           "smoke_eval_loaders"]

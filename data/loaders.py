@@ -28,6 +28,8 @@ rank, world); the run's composition root (:mod:`engine.assemble`) fills them in 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import secrets
 from dataclasses import dataclass
@@ -294,6 +296,33 @@ def build_loaders(splits: DataSplits, loading: LoaderSettings, mask: MaskDataSet
     return Loaders(train=train, val=val, test=test, mask=mask_loader, num_classes=splits.num_classes,
                    input_shape=splits.input_shape, mask_indices=mask_idx, val_is_test=not loading.train4val,
                    seed=seed)
+
+
+def smoke_eval_loaders(loaders: Loaders, max_batches: int) -> Loaders:
+    """The loaders of a smoke run (``training.max_batches``): every validation and test pass reads the same
+    ``max_batches`` batches' worth of samples, drawn at random with the run seed from the whole split (in
+    their stored order), instead of the split's first batches: a test split stored class by class (image
+    folders, CIFAR's JPEG trees) would otherwise be evaluated on one class.  Training passes are shuffled
+    by their epoch seed already and keep their cap where they are read (:class:`engine.run.Capped`)."""
+    test = _sampled(loaders.test, max_batches, derive_seed(loaders.seed, "smoke-test"))
+    val = test if loaders.val is loaders.test else _sampled(loaders.val, max_batches,
+                                                             derive_seed(loaders.seed, "smoke-val"))
+    return dataclasses.replace(loaders, val=val, test=test)
+
+
+def _sampled(loader: AnyLoader, max_batches: int, seed: int) -> AnyLoader:
+    n, batch = len(loader.dataset), loader.batch_size
+    k = min(n, max_batches * batch)
+    if k >= n:
+        return loader
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+    if isinstance(loader, DeviceLoader):
+        sub = copy.copy(loader)
+        where = loader.images.device
+        sub.images, sub.targets, sub.dataset = loader.images[idx.to(where)], loader.targets[idx.to(where)], range(k)
+        return sub
+    return DataLoader(Subset(loader.dataset, idx.tolist()), batch_size=batch, shuffle=False,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory, persistent_workers=False)
 
 
 def _device_loaders(splits: DataSplits, targets: np.ndarray, train_idx: np.ndarray, batch_size: int, eval_bs: int,

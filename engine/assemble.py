@@ -98,9 +98,11 @@ def build_loaders(cfg: ExperimentConfig, device: torch.device, rank: int = 0, wo
     seed_everything(cfg.general.seed)
     splits = data.get(ds.name)(root=ds.root, download=ds.download, normalization=ds.normalization,
                                **ds.options).load()
-    return data.build_loaders(splits, loader_settings(cfg), mask_data_settings(cfg.training.compressor),
-                              seed=cfg.general.seed, placement=data.Placement(device, rank, world),
-                              name=f"dataset '{ds.name}'")
+    loaders = data.build_loaders(splits, loader_settings(cfg), mask_data_settings(cfg.training.compressor),
+                                 seed=cfg.general.seed, placement=data.Placement(device, rank, world),
+                                 name=f"dataset '{ds.name}'")
+    cap = cfg.training.max_batches
+    return loaders if cap is None else data.smoke_eval_loaders(loaders, cap)
 
 
 def num_classes(cfg: ExperimentConfig, loaders: data.Loaders) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
-from launch.runner import RunOutcome, fill_results, outcome_of, record_batch
+from launch.runner import Overrides, RunOutcome, fill_results, outcome_of, record_batch
 from runspec import RunSpec
 from runspec.folder import RunFolder, read_state, results_root
 
@@ -65,7 +65,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def _start(path: Path, number: int, slot: int, folder: Path, results: str | Path | None,
-           gpus: list[int]) -> _Worker:
+           gpus: list[int], overrides: Overrides) -> _Worker:
     stem = f"{number:04d}-{path.stem}"
     outcome_file, log_file = folder / f"{stem}.outcome.json", folder / f"{stem}.log"
     env = dict(os.environ)
@@ -77,6 +77,8 @@ def _start(path: Path, number: int, slot: int, folder: Path, results: str | Path
     command = [sys.executable, "-m", "launch.worker", str(outcome_file), str(path)]
     if results is not None:
         command += ["--results", str(results)]
+    if overrides:
+        command += ["--overrides", json.dumps([list(o) for o in overrides])]
     handle = open(log_file, "ab")  # noqa: SIM115 - closed when the worker is collected
     process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True,  # a terminal's Ctrl-C reaches the launcher only
@@ -84,10 +86,11 @@ def _start(path: Path, number: int, slot: int, folder: Path, results: str | Path
     return _Worker(path, number, slot, process, outcome_file, log_file, handle, time.perf_counter())
 
 
-def _folder_of(path: Path, results: str | Path | None) -> tuple[RunFolder | None, RunOutcome | None]:
+def _folder_of(path: Path, results: str | Path | None,
+               overrides: Overrides = ()) -> tuple[RunFolder | None, RunOutcome | None]:
     """The run folder of a config and an outcome with what the config says (None, None: unreadable)."""
     try:
-        spec = RunSpec.load(path)
+        spec = RunSpec.load(path, overrides=overrides)
     except Exception:  # noqa: BLE001 - the worker recorded why
         return None, None
     folder = spec.folder(results_root(results, spec.config.general.output_dir))
@@ -103,7 +106,7 @@ def _exit_text(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _collect(worker: _Worker, results: str | Path | None, *, stopped: bool) -> RunOutcome:
+def _collect(worker: _Worker, results: str | Path | None, *, stopped: bool, overrides: Overrides = ()) -> RunOutcome:
     """The outcome of a finished worker: the one it wrote, or (it died) one read from its run folder."""
     worker.log_handle.close()
     seconds = time.perf_counter() - worker.started
@@ -111,7 +114,7 @@ def _collect(worker: _Worker, results: str | Path | None, *, stopped: bool) -> R
         outcome = RunOutcome(**json.loads(worker.outcome_file.read_text()))
     except (OSError, ValueError, TypeError):
         outcome = None
-    folder, known = _folder_of(worker.path, results)
+    folder, known = _folder_of(worker.path, results, overrides)
     if outcome is not None:
         if known is not None and outcome.run_dir is None:  # interrupted before the run began: what it was
             outcome.run_dir, outcome.criterion, outcome.sparsity = known.run_dir, known.criterion, known.sparsity
@@ -196,7 +199,7 @@ def visible_gpus(gpus: list[int] | None) -> list[int]:
 
 def launch_local(todo: list[Path], results: str | Path | None, *, workers: int, gpus: list[int] | None,
                  log: Callable[[str], None] = print, grace_s: float = STOP_GRACE_S,
-                 earlier: list[RunOutcome] | None = None) -> list[RunOutcome]:
+                 earlier: list[RunOutcome] | None = None, overrides: Overrides = ()) -> list[RunOutcome]:
     """Run ``todo`` on at most ``workers`` worker processes (default GPUs: every visible one in turn, or the
     CPU) and wait for them; returns the outcome of every run started (``earlier`` first, e.g. the skipped
     completed runs) and writes the batch record.  SIGTERM / Ctrl-C stops cleanly (module docstring)."""
@@ -219,13 +222,13 @@ def launch_local(todo: list[Path], results: str | Path | None, *, workers: int, 
                 for slot in range(slots):
                     if slot not in running and pending:
                         number, path = pending.pop(0)
-                        running[slot] = _start(path, number, slot, folder, results, gpus)
+                        running[slot] = _start(path, number, slot, folder, results, gpus, overrides)
                         where = f" on GPU {gpus[slot % len(gpus)]}" if gpus else ""
                         log(f"({number}/{len(paths)}) started {path}{where}")
                 for slot, w in list(running.items()):
                     if w.process.poll() is not None:
                         del running[slot]
-                        o = outcomes[w.number] = _collect(w, results, stopped=False)
+                        o = outcomes[w.number] = _collect(w, results, stopped=False, overrides=overrides)
                         log(f"({w.number}/{len(paths)}) {o.status}: {w.path}" + (f": {o.reason}" if o.reason else ""))
                 time.sleep(POLL_S)
         except KeyboardInterrupt:
@@ -233,7 +236,7 @@ def launch_local(todo: list[Path], results: str | Path | None, *, workers: int, 
                 f"runs; Ctrl-C again to kill them now), {len(pending)} run(s) not started")
             _stop(running, grace_s, signals, log)
             for w in running.values():
-                outcomes[w.number] = _collect(w, results, stopped=True)
+                outcomes[w.number] = _collect(w, results, stopped=True, overrides=overrides)
             running.clear()
     finally:
         for s, handler in previous.items():

@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from engine import execute
 from engine.finish import checkpoint_not_kept, release_checkpoints
@@ -49,6 +49,7 @@ from utils.io import IntegrityError, check_digest, json_files, load_torch, write
 from utils.locks import RunBusy, run_lock
 from utils.schema import ConfigError, Problem
 
+Overrides = Sequence[tuple[str, Any]]  # (dotted path, value): main.py run --set
 TASK_LOG = "PAI_TASK_LOG"  # set by a launcher task: its log file, recorded in status.json
 
 
@@ -108,22 +109,24 @@ def _sigterm_to_interrupt(signum, frame):  # noqa: ANN001
 
 
 def run_config(path: Path, *, results: str | Path | None = None, force: bool = False, restart: bool = False,
-               log: Callable[[str], None] = print, on_epoch_end: Callable | None = None) -> RunOutcome:
+               log: Callable[[str], None] = print, on_epoch_end: Callable | None = None,
+               overrides: Overrides = ()) -> RunOutcome:
     """Run one config file; never raises except on interruption (Ctrl-C / SIGTERM): any other error is
-    this config's failure (``force``: rerun a completed run; ``restart``: start an unfinished one over)."""
+    this config's failure (``force``: rerun a completed run; ``restart``: start an unfinished one over;
+    ``overrides``: ``(dotted path, value)`` pairs set in the config first, ``main.py run --set``)."""
     tic = time.perf_counter()
     try:
         return _run_config(Path(path), results, tic, force=force, restart=restart, log=log,
-                           on_epoch_end=on_epoch_end)
+                           on_epoch_end=on_epoch_end, overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - one bad file or folder never stops the batch
         return RunOutcome(str(path), "failed", reason=f"{type(exc).__name__}: {exc}",
                           seconds=time.perf_counter() - tic)
 
 
 def _run_config(path: Path, results: str | Path | None, tic: float, *, force: bool, restart: bool,
-                log: Callable[[str], None], on_epoch_end: Callable | None) -> RunOutcome:
+                log: Callable[[str], None], on_epoch_end: Callable | None, overrides: Overrides) -> RunOutcome:
     try:
-        spec = RunSpec.load(path)
+        spec = RunSpec.load(path, overrides=overrides)
     except ConfigError as exc:
         return _invalid(path, results, exc.problems)
     root = results_root(results, spec.config.general.output_dir)
@@ -154,9 +157,9 @@ def outcome_of(path: Path, spec: RunSpec, folder: RunFolder) -> RunOutcome:
                       id=spec.config.general.id)
 
 
-def skipped_outcome(path: Path, results: str | Path | None = None) -> RunOutcome:
+def skipped_outcome(path: Path, results: str | Path | None = None, overrides: Overrides = ()) -> RunOutcome:
     """The outcome of a completed run that a launcher does not run again: its recorded results."""
-    spec = RunSpec.load(path)
+    spec = RunSpec.load(path, overrides=overrides)
     folder = spec.folder(results_root(results, spec.config.general.output_dir))
     return _skipped(outcome_of(Path(path), spec, folder), folder)
 
@@ -332,7 +335,8 @@ def fill_results(outcome: RunOutcome, res: Any) -> None:
 
 
 def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None, force: bool = False,
-              restart: bool = False, recursive: bool = False, log: Callable[[str], None] = print) -> list[RunOutcome]:
+              restart: bool = False, recursive: bool = False, log: Callable[[str], None] = print,
+              overrides: Overrides = ()) -> list[RunOutcome]:
     """Run every config; Ctrl-C / SIGTERM marks the current run interrupted and stops the batch.  The batch
     record ``<root>/batches/<time>.json`` is written in any case (a failure to write it is logged)."""
     configs = collect_configs(paths, recursive, log=log)
@@ -342,7 +346,8 @@ def run_batch(paths: Iterable[str | Path], *, results: str | Path | None = None,
         for i, path in enumerate(configs, 1):
             log(f"({i}/{len(configs)}) {path}")
             try:
-                outcome = run_config(path, results=results, force=force, restart=restart, log=log)
+                outcome = run_config(path, results=results, force=force, restart=restart, log=log,
+                                     overrides=overrides)
             except KeyboardInterrupt:
                 outcomes.append(RunOutcome(str(path), "interrupted", reason="interrupted"))
                 break

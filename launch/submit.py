@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import submitit
 
-from launch.runner import TASK_LOG, completed_damage, run_config
+from launch.runner import TASK_LOG, Overrides, completed_damage, run_config
 from runspec import RunSpec
 from runspec.folder import results_root
 from utils.schema import ConfigError
@@ -33,8 +33,10 @@ SETUP = [f'export PYTHONPATH="{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"']
 class RunConfigs(submitit.helpers.Checkpointable):
     """A task: run these config files one after another (with ``env`` set, e.g. the GPU and threads)."""
 
-    def __init__(self, configs: list[str], results: str | None, env: dict[str, str]) -> None:
+    def __init__(self, configs: list[str], results: str | None, env: dict[str, str],
+                 overrides: Overrides = ()) -> None:
         self.configs, self.results, self.env = configs, results, env
+        self.overrides = [tuple(o) for o in overrides]
 
     def __call__(self) -> list[dict[str, Any]]:
         os.environ.update(self.env)  # before CUDA starts: CUDA_VISIBLE_DEVICES takes effect
@@ -45,7 +47,8 @@ class RunConfigs(submitit.helpers.Checkpointable):
             import torch
 
             torch.set_num_threads(int(self.env["OMP_NUM_THREADS"]))
-        return [asdict(run_config(Path(c), results=self.results)) for c in self.configs]
+        overrides = getattr(self, "overrides", [])  # a task pickled by an earlier version has none
+        return [asdict(run_config(Path(c), results=self.results, overrides=overrides)) for c in self.configs]
 
 
 @dataclass
@@ -57,13 +60,14 @@ class Plan:
     problems: list[str] = field(default_factory=list)
 
 
-def plan(configs: list[Path], results: str | None, force: bool, restart: bool = False) -> Plan:
+def plan(configs: list[Path], results: str | None, force: bool, restart: bool = False,
+         overrides: Overrides = ()) -> Plan:
     """Check every config; with ``force`` delete the run folders of completed runs first, with ``restart``
     those of unfinished ones (the tasks then never delete anything, so a requeued task only resumes)."""
     out = Plan()
     for path in configs:
         try:
-            spec = RunSpec.load(path)
+            spec = RunSpec.load(path, overrides=overrides)
         except ConfigError as exc:
             out.problems += [str(p) for p in exc.problems]
             continue
@@ -125,7 +129,7 @@ def time_minutes(text: str) -> int:
 
 
 def launch_slurm(todo: list[Path], results: str | None, options: SlurmOptions,
-                 log: Callable[[str], None] = print) -> str:
+                 log: Callable[[str], None] = print, overrides: Overrides = ()) -> str:
     """Submit ``todo`` as one Slurm job array (``runs_per_task`` configs per task; each run on
     ``options.ranks`` processes, DistributedDataParallel when more than one); returns the job id."""
     root = results_root(results)
@@ -143,7 +147,8 @@ def launch_slurm(todo: list[Path], results: str | None, options: SlurmOptions,
         params["slurm_additional_parameters"] = dict(options.extra)
     executor.update_parameters(**params)
     env = {"OMP_NUM_THREADS": str(options.cpus_per_run)}
-    tasks = [RunConfigs([str(p) for p in group], results, env) for group in chunks(todo, options.runs_per_task)]
+    tasks = [RunConfigs([str(p) for p in group], results, env, overrides)
+             for group in chunks(todo, options.runs_per_task)]
     jobs = executor.submit_array(tasks)
     job_id = jobs[0].job_id.split("_")[0]
     logs = folder.parent

@@ -1,6 +1,6 @@
 """One run in a worker process of ``--launcher local`` (:mod:`launch.local`).
 
-    python -m launch.worker OUTCOME.json CONFIG.json [--results DIR]
+    python -m launch.worker OUTCOME.json CONFIG.json [--results DIR] [--overrides JSON]
 
 Runs the config with :func:`launch.runner.run_config` (so locks, skipping, resuming and failure records
 are those of a plain ``run``) and writes its :class:`~launch.runner.RunOutcome` to ``OUTCOME.json``.
@@ -12,6 +12,7 @@ a second Ctrl-C never cuts the interruption's own writes short.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from dataclasses import asdict
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("outcome", type=Path, help="where to write the run's outcome (JSON)")
     parser.add_argument("config", type=Path, help="the config file to run")
     parser.add_argument("--results", default=None, help="results root (default: general.output_dir)")
+    parser.add_argument("--overrides", default="[]", help="JSON list of [dotted path, value] pairs (run --set)")
     args = parser.parse_args(argv)
 
     from launch.runner import Interrupted, RunOutcome, run_config
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, interrupt_once)
     code = 0
     try:
-        outcome = run_config(args.config, results=args.results)
+        overrides = [tuple(o) for o in json.loads(args.overrides)]
+        outcome = run_config(args.config, results=args.results, overrides=overrides)
     except KeyboardInterrupt:
         name = signal.Signals(received[0]).name if received else "SIGINT"
         outcome = RunOutcome(str(args.config), "interrupted", reason=f"stopped by {name}; rerun to resume")

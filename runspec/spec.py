@@ -24,7 +24,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -33,6 +33,7 @@ import data
 import models
 from runspec.config import TRACKER_PACKAGES, ExperimentConfig, parse_config, read_config_file
 from runspec.folder import RunFolder
+from runspec.paths import apply_overrides
 from utils import switches
 from utils.naming import slug
 from utils.registry import Registry, UnknownName
@@ -92,10 +93,12 @@ class RunSpec:
 
     # ------------------------------------------------------------------ loading and checking
     @classmethod
-    def load(cls, path: str | Path, *, build: bool = False) -> RunSpec:
+    def load(cls, path: str | Path, *, build: bool = False, overrides: Sequence[tuple[str, Any]] = ()) -> RunSpec:
         """Read and check one JSON config file (``build``: also build the model and the criterion, as
-        ``validate`` does).  Raises ConfigError with every problem found."""
-        spec = cls.from_dict(read_config_file(path), str(path), build=build)
+        ``validate`` does; ``overrides``: ``(dotted path, value)`` pairs set in the file's content first,
+        as ``main.py run --set`` does, so they are checked like any field and are part of the identity).
+        Raises ConfigError with every problem found."""
+        spec = cls.from_dict(apply_overrides(read_config_file(path), list(overrides)), str(path), build=build)
         if not spec.config.general.id:
             spec.config.general.id = Path(path).stem
         return spec

@@ -16,46 +16,21 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from runspec.paths import (  # noqa: F401 - re-exported: sweeps.grid's names since the start
+    ALIASES,
+    COMPRESSOR_PREFIX,
+    SHORTCUTS,
+    expand_path,
+    get_path,
+    parse_value,
+    path_help,
+    set_path,
+)
 from utils.naming import slug
-
-# short prefix -> full prefix (a path that starts with "<short>." is rewritten)
-SHORTCUTS: dict[str, str] = {
-    "compressor": "training.compressor",
-    "optimizer": "training.optimizer",
-    "loss": "training.criterion",
-}
-# whole-path aliases
-ALIASES: dict[str, str] = {
-    "seed": "general.seed",
-    "epochs": "training.num_steps",
-    "sparsity": "training.compressor.sparsity",
-    "criterion": "training.compressor.class",
-}
-COMPRESSOR_PREFIX = "training.compressor."
-
-
-def path_help() -> str:
-    """How ``--set PATH=...`` paths may be written, from :data:`SHORTCUTS` and :data:`ALIASES` (the help of
-    ``main.py sweep``)."""
-    shortcuts = ", ".join(f"{short}.X = {full}.X" for short, full in SHORTCUTS.items())
-    aliases = ", ".join(f"{alias} = {full}" for alias, full in ALIASES.items())
-    return (f"PATH is a dotted path into the config file (training.compressor.sparsity); short forms: {shortcuts}; "
-            f"aliases: {aliases}.")
 
 
 class SweepSpecError(ValueError):
     """A malformed ``--set`` argument (no '=', empty path or empty value list)."""
-
-
-def expand_path(path: str) -> str:
-    """Full dotted path of a possibly abbreviated one (see :data:`SHORTCUTS` and :data:`ALIASES`)."""
-    path = path.strip()
-    if path in ALIASES:
-        return ALIASES[path]
-    head, _, rest = path.partition(".")
-    if head in SHORTCUTS and rest:
-        return f"{SHORTCUTS[head]}.{rest}"
-    return path
 
 
 def split_values(text: str) -> list[str]:
@@ -85,14 +60,6 @@ def split_values(text: str) -> list[str]:
         current.append(ch)
     parts.append("".join(current))
     return [p.strip() for p in parts]
-
-
-def parse_value(text: str) -> Any:
-    """JSON value where the text is valid JSON (``0.9``, ``true``, ``[80,120]``), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 @dataclass(frozen=True)
@@ -125,29 +92,6 @@ def parse_set(spec: str) -> Axis:
             raise SweepSpecError(f"--set {spec!r}: value {v!r} appears twice")
         seen.append(v)
     return Axis(expand_path(path), parsed, path.strip())
-
-
-def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set ``data[a][b][c] = value`` for ``path="a.b.c"``, creating missing objects on the way."""
-    keys = path.split(".")
-    node = data
-    for key in keys[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            node[key] = child
-        node = child
-    node[keys[-1]] = copy.deepcopy(value)
-
-
-def get_path(data: dict[str, Any], path: str, default: Any = None) -> Any:
-    """``data[a][b][c]`` for ``path="a.b.c"``, or ``default`` when any step is missing."""
-    node: Any = data
-    for key in path.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    return node
 
 
 def _value_text(value: Any) -> str:

@@ -139,11 +139,16 @@ class UnreadableJSON(ValueError):
 def read_json(path: str | Path) -> Any:
     """The one JSON reader (configs, run-folder files, exports): UTF-8 text (a leading byte-order mark, as
     some editors write, dropped).  A file that is not UTF-8 (UTF-16, binary), a syntax error (with line and
-    column) or nesting too deep to parse raises :class:`UnreadableJSON`; an OSError (missing file,
-    permissions) propagates as it is."""
+    column), a key given twice in one object (JSON parsers silently keep the last one) or nesting too deep
+    to parse raises :class:`UnreadableJSON`; an OSError (missing file, permissions) propagates as it is."""
     raw = Path(path).read_bytes()
+    duplicates: list[str] = []
     try:
-        return json.loads(utf8_text(raw))
+        text = utf8_text(raw)
+        value = json.loads(text, object_pairs_hook=lambda pairs: _unique_object(pairs, duplicates))
+        if not duplicates:
+            return value
+        reason = _duplicate_reason(text, duplicates[0])
     except json.JSONDecodeError as exc:
         reason = f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
     except ValueError as exc:  # not UTF-8 text
@@ -151,6 +156,25 @@ def read_json(path: str | Path) -> Any:
     except RecursionError:
         reason = "JSON nested too deeply to read"
     raise UnreadableJSON(path, reason)
+
+
+def _unique_object(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            duplicates.append(key)
+        out[key] = value
+    return out
+
+
+def _duplicate_reason(text: str, key: str) -> str:
+    """The message for a key given twice: the key and the line of its second appearance (where it is found)."""
+    import re
+
+    found = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+    where = f" (again at line {text.count(chr(10), 0, found[1]) + 1})" if len(found) > 1 else ""
+    return (f"key {key!r} appears twice in one object{where}: JSON would silently keep the last value; "
+            "keep one")
 
 
 def utf8_text(raw: bytes) -> str:

@@ -171,8 +171,10 @@ def _convert(value: Any, tp: Any, path: str, problems: list[Problem]) -> Any:
         problems.append(Problem(path, f"expected true/false, got {value!r}"))
         raise _Invalid
     if tp is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
+        if isinstance(value, float) and value.is_integer():  # 1.0: a number, not an integer as written
+            problems.append(Problem(path, f"expected an integer, got {value!r}; write it without a decimal "
+                                          f"point: {int(value)}"))
+            raise _Invalid
         if isinstance(value, int) and not isinstance(value, bool):
             if INT_MIN <= value <= INT_MAX:
                 return value
