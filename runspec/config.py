@@ -291,7 +291,9 @@ class TrainingConfig:
                 "on a CPU both run through CPU autocast (correct, usually not faster)")
     channels_last: bool = option(False, "channels_last memory format for the model and its inputs")
     max_batches: Optional[int] = option(None, "smoke runs: cap every pass over a loader (training epochs, BN "
-                                              "warmup, validation, test) at this many batches; null: whole passes",
+                                              "warmup, validation, test) at this many batches; validation and "
+                                              "test read that many batches of samples drawn at random with the "
+                                              "run seed (the same every pass); null: whole passes",
                                         min=1)
     sync_bn: bool = option(False, "several ranks (torchrun): synchronise BatchNorm statistics across them "
                                   "(SyncBatchNorm; CUDA only, ignored with a notice on the CPU)")
