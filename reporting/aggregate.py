@@ -1,7 +1,11 @@
 """Aggregate completed runs over seeds and lay them out as the paper-style table.
 
 Rows are (dataset, model, criterion, warmup) plus a *variant* label, columns are sparsities, cells
-are ``mean ± std (n)`` over seeds (sample std, ddof=1; ``–`` when n = 1).  Runs are averaged only
+are ``mean ± std (n)`` over seeds (sample std, ddof=1; ``–`` when n = 1), followed by the mean effective
+sparsity of the group's runs where they recorded one (``[s_eff 0.9123]``; Vysogorets & Kempe 2023, see
+docs/run-folder.md).  A column is labelled in the form its configs gave the sparsity in
+(``training.compressor.sparsity_form``): ``s=0.9``, ``d=0.1`` (density) or ``c=10`` (compression), and so
+is the effective value (``d_eff``, ``c_eff``).  Runs are averaged only
 when their resolved configs are identical apart from the seed (same ``group``); when groups that
 would share a cell differ in other fields, each gets its own row whose variant names those fields.
 """
@@ -23,6 +27,19 @@ DISPLAY_FIELDS = ("dataset.class", "model.class", "training.compressor.class", "
 OPTIONS_PREFIX = "training.compressor.options"
 # cost of one forward pass (results.json, compressors.costs): averaged per group beside the metric
 COST_COLUMNS = ("params_dense", "params_effective", "flops_dense", "flops_effective")
+# direct and effective sparsity (results.json): averaged per group beside the metric
+SPARSITY_COLUMNS = ("achieved_sparsity", "effective_sparsity")
+FORM_PATH = ("training", "compressor", "sparsity_form")
+
+
+def sparsity_label(sparsity: float, form: str, suffix: str = "=", spec: str = "g") -> str:
+    """A sparsity written in ``form``: ``s=0.9``, ``d=0.1`` (density = 1 - s) or ``c=10`` (compression =
+    1 / density); ``suffix`` follows the letter (``"_eff "`` for the effective value), ``spec`` formats."""
+    if form == "density":
+        return f"d{suffix}{1.0 - sparsity:{spec}}"
+    if form == "compression":
+        return f"c{suffix}{1.0 / (1.0 - sparsity):{spec}}" if sparsity < 1.0 else f"c{suffix}inf"
+    return f"s{suffix}{sparsity:{spec}}"
 
 
 def lower_is_better(metric: str) -> bool:
@@ -102,12 +119,14 @@ def aggregate(runset: RunSet, metric: str) -> tuple[pd.DataFrame, Grouping]:
     if runs.empty:
         return pd.DataFrame(columns=cols), Grouping()
     grouping = assign_variants(runset, runs)
-    runs = runs.assign(variant=runs["group"].map(grouping.variant))
+    forms = {d: _form(runset.configs.get(d)) for d in runs["run_dir"]}
+    runs = runs.assign(variant=runs["group"].map(grouping.variant), sparsity_form=runs["run_dir"].map(forms))
     costs = [c for c in COST_COLUMNS if c in runs.columns]  # runs of versions before cost accounting lack them
+    costs += [c for c in SPARSITY_COLUMNS if c in runs.columns]  # older runs lack effective_sparsity
     agg = (runs.groupby(ROW_KEYS + ["variant", "sparsity", "group"], dropna=False, sort=True)
            .agg(mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"),
                 seeds=("seed", lambda s: ",".join(str(int(x)) for x in sorted(s))),
-                **{c: (c, "mean") for c in costs})
+                sparsity_form=("sparsity_form", "first"), **{c: (c, "mean") for c in costs})
            .reset_index())
     agg["metric"] = metric
     agg["dense"] = agg["criterion"].map(is_dense)
@@ -115,7 +134,15 @@ def aggregate(runset: RunSet, metric: str) -> tuple[pd.DataFrame, Grouping]:
     for _, part in agg[~agg["dense"]].groupby(["dataset", "model", "sparsity"]):
         target = part["mean"].min() if lower_is_better(metric) else part["mean"].max()
         agg.loc[part.index[(part["mean"] - target).abs() <= 1e-12], "best"] = True
-    return agg[cols + costs], grouping
+    return agg[cols + ["sparsity_form"] + costs], grouping
+
+
+def _form(config: dict[str, Any] | None) -> str:
+    """The sparsity form a run's config gave (``sparsity`` for configs of versions before the forms)."""
+    node: Any = config
+    for key in FORM_PATH:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if node in ("density", "compression") else "sparsity"
 
 
 def cost_table(agg: pd.DataFrame) -> pd.DataFrame:
@@ -158,7 +185,12 @@ def pivot_table(agg: pd.DataFrame, *, bold: tuple[str, str] = ("**", "**"),
         return pd.DataFrame()
     scale = metric_scale(metric)
     sparsities = sorted(agg.loc[~agg["dense"], "sparsity"].unique()) or [0.0]
-    columns = [f"s={s:g}" for s in sparsities]
+    pruned = agg[~agg["dense"]]
+    forms = {s: set(pruned.loc[pruned["sparsity"] == s, "sparsity_form"]) if "sparsity_form" in agg else set()
+             for s in sparsities}
+    columns = [sparsity_label(s, next(iter(forms[s])) if len(forms[s]) == 1 else "sparsity") for s in sparsities]
+    if len(set(columns)) < len(columns):  # two sparsities that print alike in their forms: as sparsities
+        columns = [f"s={s:g}" for s in sparsities]
     records = []
     for key, part in agg.groupby(ROW_KEYS + ["variant"], dropna=False, sort=False):
         dense = bool(part["dense"].iloc[0])
@@ -171,7 +203,11 @@ def pivot_table(agg: pd.DataFrame, *, bold: tuple[str, str] = ("**", "**"),
                 continue
             r = hit.iloc[0]
             text = format_cell(r["mean"], r["std"], int(r["n"]), scale)
-            row[col] = f"{bold[0]}{text}{bold[1]}" if r["best"] else text
+            text = f"{bold[0]}{text}{bold[1]}" if r["best"] else text
+            eff = r.get("effective_sparsity")
+            if not dense and eff is not None and not math.isnan(eff):
+                text += f" [{sparsity_label(float(eff), r.get('sparsity_form') or 'sparsity', '_eff ', '.4g')}]"
+            row[col] = text
         row["_order"] = (key[0], key[1], 0 if dense else 1, str(key[2]), key[3], key[4])
         records.append(row)
     table = pd.DataFrame(records).sort_values("_order", key=lambda s: s.map(_sortable)).drop(columns="_order")
@@ -203,7 +239,7 @@ def options_seed_groups(runset: RunSet) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["ROW_KEYS", "COST_COLUMNS", "cost_table",
+__all__ = ["ROW_KEYS", "COST_COLUMNS", "SPARSITY_COLUMNS", "cost_table", "sparsity_label",
            "DISPLAY_FIELDS", "OPTIONS_SEED_FIELD", "Grouping", "aggregate", "assign_variants",
            "differing_fields", "format_cell", "pivot_table", "options_seed_groups", "setting_fields",
            "metric_scale", "lower_is_better"]

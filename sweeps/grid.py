@@ -4,6 +4,9 @@ Paths are dotted JSON paths into the config file (``training.compressor.sparsity
 in :data:`SHORTCUTS` save typing (``compressor.sparsity``).  Values are parsed as JSON where possible
 (numbers, ``true``/``false``, ``null``, lists, objects) and kept as strings otherwise.  Commas inside
 brackets or quotes do not split values, so ``--set optimizer.kwargs.lr_drops=[80,120],[60,90]`` gives two.
+A value ``B^K1:K2[:STEP]`` is the powers ``B^k`` for ``k = K1, K1 + STEP, ... <= K2`` (STEP 1 by default;
+``B^K`` alone is one power), written as numbers rounded to 12 significant digits (:func:`power_values`):
+``compressor.density=0.8^1:10`` (the 0.8^k densities of NTK-SAP and PHEW), ``compressor.compression=10^0.5:3:0.5``.
 
 Nothing here touches the disk; :mod:`sweeps.write` validates and writes the points.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +80,43 @@ class Axis:
         return self.path.startswith(COMPRESSOR_PREFIX)
 
 
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+POWER = re.compile(rf"^({_NUMBER})\^({_NUMBER})(?::({_NUMBER}))?(?::({_NUMBER}))?$")
+MAX_POWERS = 10_000  # values one power expression may expand to
+
+
+def power_values(text: str) -> list[Any] | None:
+    """The values of a power expression ``B^K1:K2[:STEP]`` (see the module docstring), or None when ``text``
+    is not one.  ``k = K1 + i * STEP`` (no accumulated rounding) up to ``K2`` inclusive (within 1e-9 steps);
+    each ``B^k`` rounded to 12 significant digits, an integral value written as an integer.  A malformed range
+    (STEP <= 0, K2 < K1, more than :data:`MAX_POWERS` values) or a power that is not a finite real number is a
+    :class:`SweepSpecError`."""
+    m = POWER.match(text.strip())
+    if m is None:
+        return None
+    base, start = float(m.group(1)), float(m.group(2))
+    stop = float(m.group(3)) if m.group(3) is not None else start
+    step = float(m.group(4)) if m.group(4) is not None else 1.0
+    if step <= 0:
+        raise SweepSpecError(f"{text!r}: the exponent step must be positive, got {step:g}")
+    if stop < start:
+        raise SweepSpecError(f"{text!r}: the last exponent {stop:g} is below the first {start:g}")
+    count = math.floor((stop - start) / step + 1e-9) + 1
+    if count > MAX_POWERS:
+        raise SweepSpecError(f"{text!r}: {count} values, more than {MAX_POWERS}")
+    values: list[Any] = []
+    for i in range(count):
+        try:
+            value = base ** (start + i * step)
+        except (OverflowError, ZeroDivisionError) as exc:
+            raise SweepSpecError(f"{text!r}: {base:g}^{start + i * step:g} cannot be computed ({exc})") from exc
+        if isinstance(value, complex) or not math.isfinite(value):
+            raise SweepSpecError(f"{text!r}: {base:g}^{start + i * step:g} is not a finite real number")
+        value = float(f"{value:.12g}")
+        values.append(int(value) if value.is_integer() and abs(value) < 2**53 else value)
+    return values
+
+
 def parse_set(spec: str) -> Axis:
     """``"compressor.sparsity=0.9,0.95"`` -> ``Axis("training.compressor.sparsity", (0.9, 0.95))``."""
     if "=" not in spec:
@@ -85,7 +127,10 @@ def parse_set(spec: str) -> Axis:
     texts = split_values(values)
     if not values.strip() or any(t == "" for t in texts):
         raise SweepSpecError(f"--set {spec!r}: empty value in the list")
-    parsed = tuple(parse_value(t) for t in texts)
+    try:
+        parsed = tuple(v for t in texts for v in (power_values(t) or [parse_value(t)]))
+    except SweepSpecError as exc:
+        raise SweepSpecError(f"--set {spec!r}: {exc}") from None
     seen: list[Any] = []
     for v in parsed:
         if v in seen:
@@ -167,6 +212,8 @@ def expand(base: dict[str, Any], axes: list[Axis], *, with_dense: bool = False,
             for path, value in assignments.items():
                 set_path(data, path, value)
             set_path(data, "training.compressor.sparsity", 0.0)
+            for form in ("density", "compression"):  # the base's other sparsity forms would contradict the 0
+                get_path(data, "training.compressor", {}).pop(form, None)
             set_path(data, "training.compressor.options", {})
             points.append(SweepPoint(point_name(assignments, dense_axes), assignments, data, dense=True))
     base_id = get_path(base, "general.id")
