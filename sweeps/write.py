@@ -4,12 +4,18 @@ Each point is checked as a :class:`runspec.RunSpec` (fields, registry names, opt
 criterion are built once per distinct dataset/model section to catch shape errors and bad criterion
 options).  Two points that would run the same experiment (same run hash) are a problem too.  Only when no point has
 a problem is anything written; an existing file with different content is a problem unless
-``overwrite`` is set, an identical one is left alone.
+``overwrite`` is set, an identical one is left alone.  Writing is all or nothing too: every file is first
+written beside its target under a hidden temporary name, and only when all of them are written are they
+renamed into place (a full disk or any error mid-way leaves the folder as it was).  A file name longer
+than the file system allows (many or long axis values) is shortened to its start plus a digest of the
+whole name, so it stays unique.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +56,20 @@ def _render(value: Any, depth: int) -> str:
     return json.dumps(value, separators=(", ", ": "))
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
+def file_name(stem: str) -> str:
+    """``<stem>.json``, or, when that is longer than :data:`NAME_MAX` bytes (with room for the temporary
+    name it is written under), the stem's start, ``-`` and the first 12 hex digits of its SHA-256."""
+    limit = NAME_MAX - len(".json") - len(".tmp-") - 24
+    if len(stem.encode("utf-8")) <= limit:
+        return f"{stem}.json"
+    digest = hashlib.sha256(stem.encode("utf-8")).hexdigest()[:12]
+    head = stem.encode("utf-8")[:limit - 13].decode("utf-8", errors="ignore")
+    return f"{head}-{digest}.json"
+
+
 def validate_points(points: list[SweepPoint], out: Path) -> list[Problem]:
     """Every problem of every point (file and field named); an empty list means all are valid."""
     problems: list[Problem] = []
@@ -59,12 +79,12 @@ def validate_points(points: list[SweepPoint], out: Path) -> list[Problem]:
     for name, same in by_name.items():
         if len(same) > 1:
             problems.append(Problem("", "several grid points map to this file name: "
-                                    + "; ".join(json.dumps(p.assignments) for p in same), str(out / f"{name}.json")))
+                                    + "; ".join(json.dumps(p.assignments) for p in same), str(out / file_name(name))))
     models_built: set[str] = set()
     criteria_built: set[str] = set()
     by_hash: dict[str, list[str]] = {}
     for p in points:
-        file = str(out / f"{p.name}.json")
+        file = str(out / file_name(p.name))
         try:
             spec = RunSpec.from_dict(p.data, file)
         except ConfigError as exc:
@@ -94,7 +114,7 @@ def write_sweep(points: list[SweepPoint], out: str | Path, *, overwrite: bool = 
     result = SweepResult(problems=validate_points(points, out))
     plan: list[tuple[Path, str]] = []
     for p in points:
-        target = out / f"{p.name}.json"
+        target = out / file_name(p.name)
         text = render(p.data)
         if target.exists():
             try:
@@ -114,6 +134,19 @@ def write_sweep(points: list[SweepPoint], out: str | Path, *, overwrite: bool = 
         plan.append((target, text))
     if result.problems or dry_run:
         return result
-    for target, text in plan:
-        write_text(target, text)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for target, text in plan:
+            temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            staged.append((temporary, target))
+            write_text(temporary, text)
+        for temporary, target in staged:
+            os.replace(temporary, target)
+    except OSError as exc:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        result.problems.append(Problem("", f"cannot write the configs ({exc.strerror or exc}); nothing was "
+                                           "written", str(getattr(exc, "filename", None) or out)))
+        result.written, result.overwritten = [], []
     return result

@@ -192,3 +192,38 @@ def test_the_sweep_help_lists_every_alias_and_short_form(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert all(f"{alias} = {full}" in text for alias, full in ALIASES.items())
     assert all(f"{short}.X = {full}.X" in text for short, full in SHORTCUTS.items())
+
+
+def test_a_grid_with_very_long_file_names_is_written_whole_with_unique_short_names(make_config, tmp_path):
+    """Issue 22.11: a file name longer than the file system allows used to leave part of the grid."""
+    from sweeps import write_sweep
+
+    base = json.loads(_base(make_config).read_text())
+    points = expand(base, [parse_set("seed=0,1,2")])
+    for i, p in enumerate(points):  # e.g. many axes with long values: names of 300+ bytes
+        p.name = "é" * 150 + f"_{i}"
+    out = tmp_path / "grid"
+    result = write_sweep(points, out)
+    assert result.ok and len(result.written) == 3
+    names = [p.name for p in out.glob("*.json")]
+    assert len(set(names)) == 3 and all(len(n.encode()) <= 255 for n in names)
+    assert sorted(RunSpec.load(p).config.general.seed for p in out.glob("*.json")) == [0, 1, 2]
+    assert write_sweep(points, out).unchanged  # the same names again
+
+
+def test_a_write_that_fails_mid_grid_leaves_the_folder_as_it_was(make_config, tmp_path, monkeypatch):
+    import sweeps.write as write_module
+
+    out = tmp_path / "grid"
+    calls = []
+
+    def full_disk(path, text):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        Path(path).write_text(text)
+
+    monkeypatch.setattr(write_module, "write_text", full_disk)
+    result = sweep(_base(make_config), ["seed=0,1,2,3"], out, log=lambda s: None)
+    assert not result.ok and "No space left on device" in str(result.problems[0])
+    assert list(out.iterdir()) == []  # no config and no temporary file left
