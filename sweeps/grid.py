@@ -202,6 +202,7 @@ def expand(base: dict[str, Any], axes: list[Axis], *, with_dense: bool = False,
         data = copy.deepcopy(base)
         for path, value in assignments.items():
             set_path(data, path, value)
+        _drop_other_forms(data, assignments)
         points.append(SweepPoint(point_name(assignments, axes), assignments, data))
     if with_dense:
         outer = [a for a in axes if not a.is_compressor_field]
@@ -227,6 +228,20 @@ def expand(base: dict[str, Any], axes: list[Axis], *, with_dense: bool = False,
         seen[p.name] = p
         unique.append(p)
     return unique
+
+
+SPARSITY_FORMS = ("sparsity", "density", "compression")
+
+
+def _drop_other_forms(data: dict[str, Any], assignments: dict[str, Any]) -> None:
+    """A point that sets one form of the sparsity (``sparsity``, ``density`` or ``compression``) drops the
+    base's other forms, which would contradict it (sweeping two forms at once stays an error of the point)."""
+    swept = [f for f in SPARSITY_FORMS if f"{COMPRESSOR_PREFIX}{f}" in assignments]
+    comp = get_path(data, "training.compressor")
+    if swept and isinstance(comp, dict):
+        for form in SPARSITY_FORMS:
+            if form not in swept:
+                comp.pop(form, None)
 
 
 def assignments_keys(axes: list[Axis]) -> set[str]:
