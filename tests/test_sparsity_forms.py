@@ -106,8 +106,9 @@ def test_power_expressions_expand():
 
 
 def test_a_density_sweep_writes_configs_that_resolve_to_the_sparsities():
-    points = expand(config(), [parse_set("training.compressor.density=0.8^1:3")], with_dense=True,
+    points = expand(config(sparsity=0.9), [parse_set("training.compressor.density=0.8^1:3")], with_dense=True,
                     dense_class="none")
+    assert all("sparsity" not in p.data["training"]["compressor"] for p in points if not p.dense)  # the base's
     pruned = [p for p in points if not p.dense]
     assert [p.name for p in pruned] == ["density0.8", "density0.64", "density0.512"]
     assert [RunSpec.from_dict(p.data).config.training.compressor.sparsity for p in pruned] == [0.2, 0.36, 0.488]
