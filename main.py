@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -186,6 +187,23 @@ def _gpu_list(text: str) -> list[int]:
     return gpus
 
 
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a sparsity in [0, 1), e.g. 0.9, got {text!r}")
+    return value
+
+
+def _name_pair(text: str) -> tuple[str, str]:
+    ours, sep, theirs = text.partition("=")
+    if not sep or not ours.strip() or not theirs.strip():
+        raise argparse.ArgumentTypeError(f"expected OURS=PUBLISHED, e.g. imagefolder=cifar10, got {text!r}")
+    return ours.strip(), theirs.strip()
+
+
 def _slurm_time(text: str) -> str:
     from launch.submit import time_minutes
 
@@ -287,6 +305,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reporting import build_report
 
     out = args.out or str(Path("reports") / (Path(args.results).resolve().name or "report"))
+    if blocker := next((p for p in (Path(out), *Path(out).parents) if p.exists() and not p.is_dir()), None):
+        print(f"report: --out {out}: {blocker} is a file, not a folder; give a folder for the report",
+              file=sys.stderr)
+        return 2
     from reporting.reference import ReferenceError, load_reference
 
     try:
@@ -294,12 +316,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ReferenceError as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2
+    from reporting import UnknownMetric
     from utils.io import WriteError
 
     try:
         report = build_report(args.results, out, metric=args.metric, sweep_dir=args.sweep, sparsity=args.sparsity,
-                              figures=not args.no_figures, reference=reference)
-    except WriteError as exc:  # a full disk, a missing permission: the previous report is left as it was
+                              figures=not args.no_figures, reference=reference,
+                              reference_datasets=dict(args.reference_dataset or []))
+    except (WriteError, UnknownMetric) as exc:  # a full disk, a missing permission: the previous report stays
         print(f"report: {exc}", file=sys.stderr)
         return 2
     return 0 if report.n_runs else 1
@@ -406,12 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metric", default="best_val_test_acc",
                      help="results.json metric: best_val_test_acc (default), final_test_acc, *_f1, *_loss ...")
     rep.add_argument("--sweep", default=None, help="sweep folder of configs: list grid points with no completed run")
-    rep.add_argument("--sparsity", type=float, default=None,
+    rep.add_argument("--sparsity", type=_sparsity, default=None,
                      help="sparsity of the layer-density and mask-overlap figures (default: the one closest to 0.9)")
     rep.add_argument("--no-figures", action="store_true", help="tables and lists only")
     rep.add_argument("--reference", default=None, metavar="FILE",
                      help="CSV of published cells (e.g. docs/reference/fts_table1.csv): print them beside ours "
                           "with the difference and whether ours lies within the published ± std")
+    rep.add_argument("--reference-dataset", action="append", type=_name_pair, metavar="OURS=PUBLISHED",
+                     help="match our dataset OURS to the reference's PUBLISHED, e.g. imagefolder=cifar10 for runs on "
+                          "the CIFAR-10 JPEG folders (repeatable)")
     rep.set_defaults(func=cmd_report)
     exp = sub.add_parser("export", help="write a completed run's model in another format (torch-prune, sparse, ...)")
     exp.add_argument("run", help="run folder (or a config file: its run folder under --results)")

@@ -9,8 +9,8 @@ writes Markdown/LaTeX and :mod:`reporting.report` puts it together.
 
 from reporting.aggregate import aggregate, format_cell, pivot_table
 from reporting.masks import chance_iou, mask_iou
-from reporting.report import Report, build_report, collect_issues
+from reporting.report import Report, UnknownMetric, build_report, collect_issues
 from reporting.runs import RunSet, load_runs
 
-__all__ = ["Report", "RunSet", "aggregate", "build_report", "chance_iou", "collect_issues", "format_cell",
-           "load_runs", "mask_iou", "pivot_table"]
+__all__ = ["Report", "RunSet", "UnknownMetric", "aggregate", "build_report", "chance_iou", "collect_issues",
+           "format_cell", "load_runs", "mask_iou", "pivot_table"]

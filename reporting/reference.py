@@ -79,10 +79,16 @@ def load_reference(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def compare(agg: pd.DataFrame, reference: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (published cell, our matching group): published, ours, difference, within ± std."""
+def compare(agg: pd.DataFrame, reference: pd.DataFrame, metric: str,
+            dataset_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per (published cell, our matching group): published, ours, difference, within ± std.
+    ``dataset_names`` maps our dataset names to the reference's (``report --reference-dataset
+    imagefolder=cifar10``: runs on the CIFAR-10 JPEG folders are ``imagefolder`` runs)."""
     scale = metric_scale(metric)
     ours = agg[~agg["dense"]] if not agg.empty else agg
+    if dataset_names and len(ours):
+        names = {k.lower(): v for k, v in dataset_names.items()}
+        ours = ours.assign(dataset=ours["dataset"].map(lambda d: names.get(str(d).lower(), d)))
     out = []
     for _, ref in reference.iterrows():
         published = f"{ref['mean']:.2f} ± {ref['std']:.2f}" if ref["std"] is not None and not pd.isna(ref["std"]) \
@@ -110,6 +116,32 @@ def compare(agg: pd.DataFrame, reference: pd.DataFrame, metric: str) -> pd.DataF
     if (frame["variant"] == "").all():
         frame = frame.drop(columns="variant")
     return frame
+
+
+def unmatched_reason(agg: pd.DataFrame, reference: pd.DataFrame, dataset_names: dict[str, str] | None = None) -> str:
+    """Why no published cell matched: for each key, the reference's values that none of our pruned runs has
+    (with the hint for image-folder runs); "" when some cell matched or there is nothing to compare."""
+    ours = agg[~agg["dense"]] if not agg.empty else agg
+    if ours.empty:
+        return "no completed pruned run to compare with the published cells"
+    names = {k.lower(): v.lower() for k, v in (dataset_names or {}).items()}
+    lines = []
+    for key in ("dataset", "model", "criterion"):
+        have = {names.get(str(v).lower(), str(v).lower()) if key == "dataset" else str(v).lower() for v in ours[key]}
+        want = sorted({str(v).lower() for v in reference[key]} - have)
+        if want:
+            lines.append(f"{key}: the reference has {', '.join(want)}; the runs have {', '.join(sorted(have))}")
+    have_s = {round(float(v), 9) for v in ours["sparsity"]}
+    want_s = sorted({round(float(v), 9) for v in reference["sparsity"]} - have_s)
+    if want_s:
+        lines.append(f"sparsity: the reference has {', '.join(f'{v:g}' for v in want_s)}; the runs have "
+                     f"{', '.join(f'{v:g}' for v in sorted(have_s))}")
+    text = "no published cell matches a run (cells match by dataset, model, criterion and sparsity):\n  " + \
+        "\n  ".join(lines or ["every key has matching values, but no run has all four of a cell"])
+    if any(str(d).lower() in ("imagefolder", "imagenet") for d in ours["dataset"]) and not dataset_names:
+        text += ("\n  runs on an image folder are 'imagefolder' runs whatever the images are; to compare runs on "
+                 "the CIFAR-10 JPEG folders with cifar10 cells: --reference-dataset imagefolder=cifar10")
+    return text
 
 
 def summary_line(frame: pd.DataFrame) -> str:

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from reporting import figures as figs
 from reporting.aggregate import Grouping, aggregate, cost_table, metric_scale, options_seed_groups, pivot_table
 from reporting.masks import MaskReader, chance_iou, mask_iou, pairing_key
-from reporting.reference import compare, summary_line
+from reporting.reference import compare, summary_line, unmatched_reason
 from reporting.render import to_latex, to_markdown
 from reporting.runs import RunSet, is_dense, load_runs
 from runspec import RunSpec
@@ -203,18 +203,25 @@ def stability_frame(runset: RunSet, reader: MaskReader | None = None) -> pd.Data
 
 
 # -------------------------------------------------------------------------------------------- report
+class UnknownMetric(ValueError):
+    """``--metric`` names a value that no completed run recorded; the message lists the valid ones."""
+
+
 def build_report(results: str | Path, out: str | Path, *, metric: str = "best_val_test_acc",
                  sweep_dir: str | Path | None = None, sparsity: float | None = None, figures: bool = True,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 reference: pd.DataFrame | None = None) -> Report:
-    """Read every run under ``results`` and write the report folder ``out`` (see the module docstring)."""
+                 reference: pd.DataFrame | None = None, reference_datasets: dict[str, str] | None = None) -> Report:
+    """Read every run under ``results`` and write the report folder ``out`` (see the module docstring).
+    Raises :class:`UnknownMetric` when completed runs exist and none has ``metric``."""
     if not Path(results).is_dir():
         raise FileNotFoundError(f"{results}: no such results folder (give the root passed to run --results)")
     out = Path(out)
     runset = load_runs(results, progress=progress)
-    if not runset.completed().empty and metric not in runset.runs.columns:
-        known = sorted(c for c in runset.runs.columns if c.startswith(("final_test_", "best_val_test_")))
-        log(f"warning: no completed run has '{metric}' in results.json; available: {', '.join(known)}")
+    completed = runset.completed()
+    if not completed.empty and (metric not in completed.columns or completed[metric].isna().all()):
+        known = sorted(c for c in completed.columns if c.startswith(("final_test_", "best_val_test_"))
+                       and completed[c].notna().any())
+        raise UnknownMetric(f"--metric {metric!r}: no completed run has it in results.json; valid: {', '.join(known)}")
     if runset.duplicates:
         log(f"warning: {runset.duplicates} run folder(s) are copies of other runs (same run identity): each run is "
             f"counted once; the copies are listed as 'duplicate' in {out / 'issues.csv'}")
@@ -236,7 +243,9 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     report.issues = collect_issues(runset, sweep_dir, reader.problems)
 
     if reference is not None:
-        report.reference = compare(agg, reference, metric)
+        report.reference = compare(agg, reference, metric, reference_datasets)
+        if (report.reference["ours"] == "no run").all():
+            log("warning: " + unmatched_reason(agg, reference, reference_datasets))
     table_md = to_markdown(md_table)
     with _staging(out) as stage:  # renamed into ``out`` on leaving without an error
         report.out = stage

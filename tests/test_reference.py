@@ -10,7 +10,7 @@ import pytest
 from test_report import make_run
 
 import main
-from reporting.reference import NO_STD, ReferenceError, compare, load_reference
+from reporting.reference import NO_STD, ReferenceError, compare, load_reference, unmatched_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE1 = ROOT / "docs" / "reference" / "fts_table1.csv"
@@ -155,3 +155,58 @@ def test_validate_of_a_folder_of_grid_folders_checks_the_subfolders(make_config,
     assert main.main(["validate", str(tmp_path / "grids")]) == 0
     out = capsys.readouterr().out
     assert "validating its subfolders" in out and "2 valid, 0 invalid" in out
+
+
+def test_no_matching_cell_says_why_and_our_dataset_can_be_matched_to_theirs(tmp_path, capsys):
+    """Issue 22.11: runs on the CIFAR-10 JPEG folders are imagefolder runs; none of the published cells
+    matched and nothing said why."""
+    results = tmp_path / "results"
+    make_run(results, criterion="snip", sparsity=0.9, seed=0, acc=0.92)  # a digits run
+    ref = tmp_path / "ref.csv"
+    ref.write_text("dataset,model,criterion,sparsity,mean,std,source\ncifar10,digits_cnn,snip,0.9,92.0,1.5,made up\n")
+    args = ["report", str(results), "--out", str(tmp_path / "rep"), "--no-figures", "--reference", str(ref)]
+    assert main.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "no published cell matches a run" in printed
+    assert "dataset: the reference has cifar10; the runs have digits" in printed
+    assert main.main(args + ["--reference-dataset", "digits=cifar10"]) == 0
+    table = pd.read_csv(tmp_path / "rep" / "reference.csv", keep_default_na=False)
+    assert table["ours"].iloc[0].startswith("92.00") and table["within_std"].iloc[0] == "yes"
+    assert "no published cell matches" not in capsys.readouterr().out
+
+
+def test_the_explanation_names_the_image_folder_remedy():
+    agg = pd.DataFrame([{"dataset": "imagefolder", "model": "resnet18", "criterion": "snip", "sparsity": 0.9,
+                         "dense": False}])
+    ref = pd.DataFrame([{"dataset": "cifar10", "model": "resnet18", "criterion": "snip", "sparsity": 0.9}])
+    text = unmatched_reason(agg, ref)
+    assert "dataset: the reference has cifar10; the runs have imagefolder" in text
+    assert "--reference-dataset imagefolder=cifar10" in text and "model:" not in text
+    assert "--reference-dataset" not in unmatched_reason(agg, ref, {"imagefolder": "cifar10"})
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--metric", "bogus"], "--metric 'bogus': no completed run has it in results.json; valid: best_val_test_acc"),
+    (["--sparsity", "nan"], "expected a sparsity in [0, 1)"),
+    (["--sparsity", "1.5"], "expected a sparsity in [0, 1)"),
+    (["--reference-dataset", "cifar10"], "expected OURS=PUBLISHED")])
+def test_bad_report_flags_are_one_clear_error(tmp_path, capsys, flags, message):
+    results = tmp_path / "results"
+    make_run(results, criterion="snip", sparsity=0.9, seed=0, acc=0.92)
+    try:
+        code = main.main(["report", str(results), "--out", str(tmp_path / "rep"), "--no-figures", *flags])
+    except SystemExit as stop:  # argparse
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_report_out_naming_a_file_is_refused(tmp_path, capsys):
+    results = tmp_path / "results"
+    make_run(results, criterion="snip", sparsity=0.9, seed=0, acc=0.92)
+    (tmp_path / "file").write_text("mine")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main.main(["report", str(results), "--out", str(out), "--no-figures"]) == 2
+        assert "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"
