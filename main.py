@@ -400,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     sts = sub.add_parser("status", help="where the runs of a results folder (or a sweep) stand")
     sts.add_argument("results", help="results root")
     sts.add_argument("--sweep", default=None, help="sweep folder of configs: count its runs, list the missing ones")
+    add_allow_module(sts)
     sts.set_defaults(func=cmd_status)
     val = sub.add_parser("validate", help="check configs without training")
     val.add_argument("paths", nargs="+")
@@ -433,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--sparsity", type=_sparsity, default=None,
                      help="sparsity of the layer-density and mask-overlap figures (default: the one closest to 0.9)")
     rep.add_argument("--no-figures", action="store_true", help="tables and lists only")
+    add_allow_module(rep)
     rep.add_argument("--reference", default=None, metavar="FILE",
                      help="CSV of published cells (e.g. docs/reference/fts_table1.csv): print them beside ours "
                           "with the difference and whether ours lies within the published ± std")
@@ -448,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--results", default=None,
                      help="with a config file as RUN: the results root it was run into (default: "
                           "general.output_dir or ./results)")
+    add_allow_module(exp)
     exp.set_defaults(func=cmd_export)
     from autosparse.cli import add_arguments as autos_arguments
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from export.base import MANIFEST, Exporter, ExportError, LoadedRun, file_sizes, load_run
-from utils.io import write_json
+from utils.io import read_json, write_json
 from utils.registry import Registry, UnknownName
 
 FORMATS: Registry[type[Exporter]] = Registry("export format", plugins=__name__)
@@ -37,6 +37,17 @@ def get(name: str) -> type[Exporter]:
     return cls
 
 
+def _earlier_files(out: Path) -> set[str]:
+    """The files that a previous export into ``out`` wrote (its ``export.json``), those still there: a new
+    export replaces them, so no file of another format is left beside a manifest that does not list it."""
+    try:
+        listed = read_json(out / MANIFEST).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in listed if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")
+            and name != MANIFEST and (out / name).is_file()}
+
+
 def export_run(run: str | Path, fmt: str, out: str | Path, *, results: str | Path | None = None) -> dict[str, Any]:
     """Export the completed run ``run`` (a run folder, or a config file resolved under ``results``) in
     format ``fmt`` into the folder ``out``; returns the manifest written to ``out/export.json``."""
@@ -46,8 +57,11 @@ def export_run(run: str | Path, fmt: str, out: str | Path, *, results: str | Pat
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder (--out names the folder to write into)")
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_files(out)
     written = cls().export(loaded, out)
     files = file_sizes(written.pop("files"), out)
+    for name in earlier - set(files):  # a reused folder: the previous export's files go with its manifest
+        (out / name).unlink(missing_ok=True)
     dense = loaded.dense_file.stat().st_size
     total = sum(files.values())
     manifest = {"format": cls.registered_name, "source_run": str(loaded.run_dir.resolve()),

@@ -159,3 +159,28 @@ def test_bad_input_gets_a_clear_error(tiny_run, tmp_path: Path, capsys) -> None:
         export.load_run(copy)
     with pytest.raises(export.ExportError, match="not a run folder"):
         export.load_run(tmp_path)
+
+
+def test_a_reused_folder_holds_only_the_latest_export(tiny_run, tmp_path: Path) -> None:
+    """Issue 22.11: exporting another format into the same folder left the first format's file beside a
+    manifest that did not list it."""
+    _, _, run_dir = tiny_run
+    out = tmp_path / "reused"
+    (out / "notes.txt").parent.mkdir(parents=True)
+    (out / "notes.txt").write_text("the user's own file")
+    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(out)]) == 0
+    first = set(json.loads((out / "export.json").read_text())["files"])
+    assert main(["export", str(run_dir), "--format", "torch-prune", "--out", str(out)]) == 0
+    second = set(json.loads((out / "export.json").read_text())["files"])
+    assert first.isdisjoint(second)
+    assert {p.name for p in out.iterdir()} == second | {"export.json", "notes.txt"}  # never a file it did not write
+
+
+def test_export_report_and_status_take_allow_module(tiny_run, tmp_path: Path) -> None:
+    """Issue 22.11: the error for a plugin class says to pass --allow-module; export did not have it."""
+    _, results, run_dir = tiny_run
+    assert main(["export", str(run_dir), "--format", "sparse", "--out", str(tmp_path / "e"),
+                 "--allow-module", "my_lab"]) == 0
+    assert main(["status", str(results), "--allow-module", "my_lab"]) == 0
+    assert main(["report", str(results), "--out", str(tmp_path / "r"), "--no-figures",
+                 "--allow-module", "my_lab"]) == 0
