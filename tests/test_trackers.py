@@ -116,3 +116,16 @@ def test_max_batches_caps_every_pass_for_smoke_runs(make_config, tmp_path: Path)
     assert ckpt["state"]["step"] == 6 and ckpt["epoch"] == 3
     spec = RunSpec.load(make_config(**{"training.num_steps": 3}))
     assert RunSpec.load(make_config(**{"training.num_steps": 3, "training.max_batches": 2})).hash() != spec.hash()
+
+
+def test_progress_lines_spell_their_units() -> None:
+    """Issue 22.11: progress lines said "batchs"."""
+    from utils.progress import LineProgress
+
+    lines: list[str] = []
+    bar = LineProgress(range(3), desc="train", total=3, unit="batch", every=1e-9, write=lines.append)
+    list(bar)
+    assert lines and "3/3 batches (100%)" in lines[-1] and "batchs" not in " ".join(lines)
+    one = LineProgress(range(1), desc="x", total=None, unit="chunk", every=1, write=print)
+    list(one)
+    assert one.line(1.0).startswith("x: 1 chunk, ")

@@ -38,6 +38,13 @@ def eta_text(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(max(seconds, 0.0))))
 
 
+def plural(unit: str, n: int) -> str:
+    """``unit`` for a count ``n``: ``1 batch``, ``2 batches``, ``3 chunks``."""
+    if n == 1:
+        return unit
+    return unit + ("es" if unit.endswith(("s", "x", "z", "ch", "sh")) else "s")
+
+
 class LineProgress:
     """Iterates ``iterable`` and prints a progress line every ``every`` seconds (tqdm's interface subset:
     iteration, ``set_postfix``, ``close``)."""
@@ -57,8 +64,9 @@ class LineProgress:
 
     def line(self, elapsed: float) -> str:
         rate = self.done / elapsed if elapsed > 0 else 0.0
-        count = f"{self.done}/{self.total} {self.unit}s ({100 * self.done / self.total:.0f}%)" if self.total \
-            else f"{self.done} {self.unit}s"
+        units = plural(self.unit, self.total if self.total else self.done)
+        count = f"{self.done}/{self.total} {units} ({100 * self.done / self.total:.0f}%)" if self.total \
+            else f"{self.done} {units}"
         parts = [f"{self.desc}: {count}", f"{rate:,.1f} {self.unit}/s"]
         parts += [f"{k} {v}" for k, v in self.postfix.items()]
         if self.total and rate > 0:
