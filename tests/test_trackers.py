@@ -128,4 +128,4 @@ def test_progress_lines_spell_their_units() -> None:
     assert lines and "3/3 batches (100%)" in lines[-1] and "batchs" not in " ".join(lines)
     one = LineProgress(range(1), desc="x", total=None, unit="chunk", every=1, write=print)
     list(one)
-    assert one.line(1.0).startswith("x: 1 chunk, ")
+    assert one.line(1.0).startswith("x: 1/1 chunk (100%), ")
