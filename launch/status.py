@@ -3,7 +3,9 @@
 Counts completed / running / failed / interrupted / missing runs, and ``broken`` ones (a file unreadable,
 or impossible numbers in results.json: :func:`runspec.folder.read_state`, the rule ``main.py report`` follows
 too, so both give every run the same state); lists each running run with its host, epoch and the age of its
-last heartbeat (``heartbeat.json``), each failed or broken one with its reason; flags
+last heartbeat (``heartbeat.json``), each failed or broken one with its reason, and completed folders that
+are copies of another completed run as ``duplicate`` (:func:`runspec.copies.mark_duplicates`, as ``report``
+counts them); flags
 locks whose holder is gone (stale) and running runs whose heartbeat stopped; gives an ETA from the
 recorded seconds per epoch, assuming the running runs go on in parallel and the rest run one at a time.
 
@@ -22,6 +24,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from runspec import RunSpec
+from runspec.copies import mark_duplicates
 from runspec.folder import BATCHES, INVALID, SCORE_CACHE, Files, Heartbeat, RunFolder, find_run_dirs, read_state
 from utils.locks import holder_is_gone, lock_holder, lock_path
 from utils.progress import eta_text
@@ -36,6 +39,7 @@ class SweepStatus:
     running: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     broken: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)  # copies of a completed run (report's rule)
     states: dict[str, str] = field(default_factory=dict)  # run folder -> state (as report's runs.csv)
     missing: list[str] = field(default_factory=list)
     stale_locks: list[str] = field(default_factory=list)
@@ -184,9 +188,12 @@ def collect(root: str | Path, sweep: str | Path | None = None, now: float | None
     folders, missing = _folders(root, None if sweep is None else Path(sweep))
     out = SweepStatus(missing=list(missing))
     waiting, running_left, seconds = [], [], []
+    completed: dict[str, Any] = {}
     for folder in folders:
         run = read_state(folder)
         state = run.state
+        if state == "completed":
+            completed[str(folder.path)] = run
         out.states[str(folder.path)] = state
         out.counts[state] = out.counts.get(state, 0) + 1
         beat = Heartbeat.from_json(folder.read_or_none(Files.HEARTBEAT))
@@ -208,6 +215,7 @@ def collect(root: str | Path, sweep: str | Path | None = None, now: float | None
             out.broken.append({"run": str(folder.path), "reason": run.reason})
         if state not in ("completed", "running") and not folder.is_completed():  # the runner skips the others
             waiting.append((folder, beat))
+    _mark_copies(out, completed)
     per_epoch = sum(seconds) / len(seconds) if seconds else 0.0
     parallel = max((_remaining(f, b, per_epoch) for f, b in running_left), default=0.0)
     out.remaining_seconds = (parallel + sum(_remaining(f, b, per_epoch) for f, b in waiting)
@@ -215,6 +223,22 @@ def collect(root: str | Path, sweep: str | Path | None = None, now: float | None
     out.counts["missing"] = len(missing)
     out.disk = disk_use(root, out.states, only_runs=sweep is not None)
     return out
+
+
+def _mark_copies(out: SweepStatus, completed: dict[str, Any]) -> None:
+    """Completed folders that are copies of another completed run become ``duplicate`` (the rule of
+    ``report``: :func:`runspec.copies.mark_duplicates`), so both give every folder the same state."""
+    rows = [{"run_dir": d, "status": "completed"} for d in completed]
+    configs = {d: r.config for d, r in completed.items() if isinstance(r.config, dict)}
+    results = {d: r.results for d, r in completed.items() if isinstance(r.results, dict)}
+    if not mark_duplicates(rows, configs, results):
+        return
+    for row in rows:
+        if row["status"] == "duplicate":
+            out.states[row["run_dir"]] = "duplicate"
+            out.counts["completed"] -= 1
+            out.counts["duplicate"] = out.counts.get("duplicate", 0) + 1
+            out.duplicates.append({"run": row["run_dir"], "reason": row["reason"]})
 
 
 def render(status: SweepStatus) -> str:
@@ -228,6 +252,7 @@ def render(status: SweepStatus) -> str:
                      + ("  (STALE: the process may be gone)" if r["stale"] else ""))
     lines += [f"  failed   {r['run']}: {r['reason']}" for r in status.failed]
     lines += [f"  broken   {r['run']}: {r['reason']}" for r in status.broken]
+    lines += [f"  duplicate {r['run']}: {r['reason']}" for r in status.duplicates]
     lines += [f"  missing  {m}" for m in status.missing]
     lines += [f"  stale lock {lock} (its process is gone; the next run takes it over)" for lock in status.stale_locks]
     if status.remaining_seconds:

@@ -203,6 +203,11 @@ def stability_frame(runset: RunSet, reader: MaskReader | None = None) -> pd.Data
 
 
 # -------------------------------------------------------------------------------------------- report
+RERUN_STATES = ("failed", "interrupted", "missing", "broken", "damaged")
+"""The issues a plain rerun acts on: it resumes or reruns the unfinished, and repairs a completed run whose
+files are damaged from its checkpoint (or says why it cannot: ``launch.runner.completed_damage``)."""
+
+
 class UnknownMetric(ValueError):
     """``--metric`` names a value that no completed run recorded; the message lists the valid ones."""
 
@@ -341,7 +346,7 @@ def _write_csvs(report: Report, runset: RunSet) -> None:
     _write_csv(out / "aggregated.csv", report.aggregated)
     _write_csv(out / "issues.csv", issues)
     rerun = sorted({f for f, st in zip(issues["config_file"], issues["status"])
-                    if f and st in ("failed", "interrupted", "missing", "broken") and Path(f).is_file()})
+                    if f and st in RERUN_STATES and Path(f).is_file()})
     write_text(out / "rerun.txt", "".join(f + "\n" for f in rerun))
     _write_csv(out / "layer_density.csv", report.density)
     _write_csv(out / "stability.csv", report.stability)

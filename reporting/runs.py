@@ -7,8 +7,6 @@ without the seed: runs with the same group differ only in the seed and are the o
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,50 +15,25 @@ import pandas as pd
 from tqdm import tqdm
 
 import compressors
-from runspec import RunSpec, identity_hash, non_identity_fields
+from runspec.copies import (  # noqa: F401 - re-exported: reporting.runs' names before runspec.copies
+    SEED,
+    SEED_FIELD,
+    _without,
+    comparable_fields,
+    flatten,
+    group_hash,
+    mark_duplicates,
+    results_digest,
+)
 from runspec.folder import INVALID, Files, RunFolder, RunState, find_run_dirs, read_record, read_state
 from utils.registry import UnknownName
-from utils.schema import ConfigError
 
-SEED_FIELD = "general.seed"
 OPTIONS_SEED_FIELD = "training.compressor.options.seed"
-SEED = ("general", "seed")
 OPTIONS_SEED = ("training", "compressor", "options", "seed")
 CRITERION = (("training", "compressor", "class"), ("training", "compressor", "options"))
 
 RUN_COLUMNS = ["dataset", "model", "criterion", "mask", "warmup", "sparsity", "seed", "options_seed", "status",
                "reason", "group", "run_dir", "config_file"]
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and empty objects become JSON text (hashable)."""
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(obj, (dict, list)):
-        return {prefix: json.dumps(obj, sort_keys=True)}
-    return {prefix: obj}
-
-
-def _without(flat: dict[str, Any], paths: list[str]) -> dict[str, Any]:
-    """``flat`` minus the dotted ``paths`` and everything below them."""
-    return {k: v for k, v in flat.items() if not any(k == d or k.startswith(d + ".") for d in paths)}
-
-
-def comparable_fields(config: dict[str, Any]) -> dict[str, Any]:
-    """Flattened config minus the seed and the fields that are not part of a run's identity."""
-    return _without(flatten(config), [SEED_FIELD, *non_identity_fields()])
-
-
-def group_hash(config: dict[str, Any], *, without: tuple[tuple[str, ...], ...] = (SEED,)) -> str:
-    """Hash of a resolved config's identity without the fields ``without`` (default: the seed).  A config
-    this version cannot read (an older or a damaged one) is hashed from its comparable fields."""
-    try:
-        return identity_hash(RunSpec.from_dict(config).identity(without=without))
-    except (ConfigError, TypeError, ValueError):
-        return identity_hash(_without(comparable_fields(config), [".".join(p) for p in without]))
 
 
 def is_dense(criterion: Any) -> bool:
@@ -131,36 +104,6 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None, dict
     if row["status"] == "broken":
         return row, None, None
     return row, rs.config, rs.results
-
-
-def _digest(results: dict[str, Any]) -> str:
-    """SHA-256 of a results.json's content (canonical JSON: the same numbers give the same digest)."""
-    return hashlib.sha256(json.dumps(results, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def mark_duplicates(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]],
-                    results: dict[str, dict[str, Any]]) -> int:
-    """Completed runs of one run identity (the hash of :meth:`spec.RunSpec.identity`, seed included: the
-    ``<hash>`` of ``seed_<n>-<hash>``) reached through several folders (copies under sub-folders, or two
-    results roots below the one reported): the first (by path) is counted, the others become ``duplicate``
-    with the counted folder and whether their results.json content is the same.  Returns how many."""
-    first: dict[str, tuple[str, str]] = {}
-    marked = 0
-    for row in sorted(rows, key=lambda r: r["run_dir"]):
-        if row["status"] != "completed" or row["run_dir"] not in configs:
-            continue
-        identity = group_hash(configs[row["run_dir"]], without=())
-        digest = _digest(results.get(row["run_dir"], {}))
-        if identity not in first:
-            first[identity] = (row["run_dir"], digest)
-            continue
-        kept, kept_digest = first[identity]
-        same = ("identical results.json" if digest == kept_digest else
-                f"different results.json (sha256 {digest[:12]} here, {kept_digest[:12]} there: a rerun?)")
-        row["status"] = "duplicate"
-        row["reason"] = f"the same run (identity {identity}) as {kept}, {same}: counted once, as {kept}"
-        marked += 1
-    return marked
 
 
 def load_runs(root: str | Path, *, progress: bool = True) -> RunSet:

@@ -312,16 +312,19 @@ def test_garbage_run_folders_are_listed_as_issues_and_never_averaged(tmp_path):
 def test_a_truncated_mask_is_listed_as_an_issue_not_silently_dropped(tmp_path):
     from helpers import truncate
 
-    snip = make_run(tmp_path, criterion="snip", acc=0.9, mask=_mask([1] * 10 + [0] * 20), config_file="s.json")
+    config = tmp_path / "s.json"
+    config.write_text("{}")
+    snip = make_run(tmp_path, criterion="snip", acc=0.9, mask=_mask([1] * 10 + [0] * 20), config_file=str(config))
     make_run(tmp_path, criterion="magnitude", acc=0.9, mask=_mask([1] * 5 + [0] * 25))
     truncate(snip / "mask.pt")
     report = build_report(tmp_path, tmp_path / "rep", figures=False, progress=False, log=lambda s: None)
     (issue,) = report.issues.itertuples()
-    assert issue.status == "damaged" and issue.run_dir == str(snip) and issue.config_file == "s.json"
+    assert issue.status == "damaged" and issue.run_dir == str(snip) and issue.config_file == str(config)
     assert "mask.pt cannot be used (left out of the mask overlap)" in issue.reason
     assert "no content digest" in issue.reason
     assert report.overlap == {} and "damaged" in (tmp_path / "rep" / "report.md").read_text()
-    assert (tmp_path / "rep" / "rerun.txt").read_text() == ""  # a completed run: rerunning would skip it
+    # a plain rerun repairs a damaged completed run from its checkpoint (or says why not): it is listed
+    assert (tmp_path / "rep" / "rerun.txt").read_text() == f"{config}\n"
 
 
 def test_legends_of_many_variants_stay_inside_the_figure_and_off_the_plot():

@@ -56,3 +56,22 @@ def test_status_and_report_agree_on_every_run(tmp_path):
     assert states == report_states
     assert set(states.values()) == {"completed", "failed", "running", "interrupted", "broken"}
     assert len(states) == len(folders)
+
+
+def test_status_counts_copies_of_a_run_as_report_does(tmp_path, capsys):
+    """A results root copied under a sub-folder: report counts the run once and lists the copy as
+    duplicate; status said 2 completed."""
+    from test_report import _copy_run
+
+    results = tmp_path / "results"
+    run = make_run(results / "a", seed=0, acc=0.95)
+    make_run(results / "a", seed=1, acc=0.9)
+    copy = _copy_run(run, results / "a", results / "b")
+    status = collect(results)
+    runs = load_runs(results, progress=False).runs
+    assert status.states == dict(zip(runs["run_dir"], runs["status"]))
+    assert status.states[str(copy)] == "duplicate" and status.counts["completed"] == 2
+    assert main.main(["status", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 completed") and ", 1 duplicate" in out.splitlines()[0]
+    assert f"duplicate {copy}: the same run" in out
