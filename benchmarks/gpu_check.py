@@ -17,8 +17,10 @@ leaves passes on to the next); an item that does not fit is listed as skipped, n
    (c) + bf16 + channels_last, (d) + torch.compile (CUDA only); then **epoch**: a full training epoch plus the
    evaluation (``engine.loop.evaluate``) with the fastest setting, twice (the first compiles any new shapes),
    the per-epoch checkpoint write and the peak GPU memory of that run;
-2. **scoring** speed: every criterion on ResNet18 with 100 mask samples at batch 1 against the naive per-batch
-   loops of ``benchmarks/scoring.py`` on the same device (the ratio column: loop time / ours);
+2. **scoring** speed: every criterion on ResNet18 with 100 mask samples at batch 1 (multi-round criteria at the
+   plan's rounds), each row naming its reference (:func:`reference`): the naive per-batch loop of
+   ``benchmarks/scoring.py`` on the same device where one is written (:data:`LOOPS`; the ratio column: loop
+   time / ours), none for data-free criteria and for those without a loop (their time only);
 3. **projection** (labelled as such): GPU-hours of the paper table (195 runs x 160 epochs) from the measured
    epoch + evaluation time, warm-up and mean scoring time; how many runs fit in GPU memory at once.
 
@@ -30,7 +32,6 @@ raised an error.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import itertools
 import json
@@ -55,18 +56,21 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 import compressors  # noqa: E402
 import models  # noqa: E402
-from autosparse.predictor import build_mlp, make_settings, predict_tensor, save_predictor  # noqa: E402
+from autosparse.predictor import predict_tensor  # noqa: E402
 from benchmarks.scoring import (  # noqa: E402
     HUTCHINSON,
     LOSS,
     NAIVE,
+    criterion_options,
     deviation,
     fmt,
+    has_option,
     make_data,
     measure,
     naive_grads,
     reference_scores,
     split,
+    write_predictor,
 )
 from benchmarks.training import cycle, random_masks  # noqa: E402
 from compressors.base import preserved_state  # noqa: E402
@@ -408,22 +412,6 @@ def pruning_criteria() -> list[str]:
     return sorted(compressors.pruning_criteria(), key=lambda n: (rank.get(n, len(ORDER)), n))
 
 
-def criterion_options(name: str, probes: int, rounds: int, predictor: Path) -> dict[str, Any]:
-    """The plan's probes / rounds, the predictor, and a fixed ``seed`` for every stochastic criterion."""
-    if name in HUTCHINSON:
-        return {"probes": probes, "seed": 0}
-    seeded = {"seed": 0} if "seed" in {f.name for f in dataclasses.fields(compressors.get(name).Options)} else {}
-    return {"synflow": {"rounds": rounds}, "autosparse": {"predictor": str(predictor)}}.get(name, seeded)
-
-
-def write_predictor(folder: Path) -> Path:
-    """An AutoSparse predictor with random weights (its scores are timed, never judged)."""
-    torch.manual_seed(0)
-    path = folder / "predictor.pt"
-    save_predictor(path, build_mlp(2, [16]), make_settings("standardized", [16]), {"note": "gpu_check: random"})
-    return path
-
-
 def on_cpu(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: t.detach().float().cpu() for n, t in scores.items()}
 
@@ -444,13 +432,38 @@ def naive_autosparse(crit: Any, model: nn.Module, names: list[str], data: list) 
     return {n: predict_tensor(crit.net, crit.settings, params[n].detach(), s[n] / len(data)) for n in names}
 
 
+LoopBuilder = Callable[[str, Any, nn.Module, list, list, Plan, int], Callable[[], dict]]
+
+
+def _scoring_loop(name: str, crit: Any, model: nn.Module, names: list[str], data: list, p: Plan,
+                  rounds: int) -> Callable[[], dict]:
+    return lambda: reference_scores(name, model, names, data, p.score_probes, rounds, p.score_shape)
+
+
+def _autosparse_loop(name: str, crit: Any, model: nn.Module, names: list[str], data: list, p: Plan,
+                     rounds: int) -> Callable[[], dict]:
+    return lambda: naive_autosparse(crit, model, names, data)
+
+
+# criterion -> (its reference, the builder of that reference's loop); a criterion not here has no reference
+LOOPS: dict[str, tuple[str, LoopBuilder]] = {
+    **{n: ("the naive per-batch loop of benchmarks/scoring.py", _scoring_loop) for n in NAIVE},
+    "autosparse": ("the naive per-batch mean-gradient loop, then the criterion's predictor", _autosparse_loop),
+}
+
+
+def reference(name: str) -> str:
+    """What the scoring row of criterion ``name`` is compared with: its loop in :data:`LOOPS`, else none
+    (data-free, or no naive loop written for it)."""
+    if name in LOOPS:
+        return LOOPS[name][0]
+    return "none: data-free" if not compressors.get(name).needs_data else "none: no naive loop written for it"
+
+
 def naive_loop(name: str, crit: Any, model: nn.Module, names: list[str], data: list, p: Plan,
                rounds: int) -> Optional[Callable[[], dict]]:
-    if name in NAIVE:
-        return lambda: reference_scores(name, model, names, data, p.score_probes, rounds, p.score_shape)
-    if name == "autosparse":
-        return lambda: naive_autosparse(crit, model, names, data)
-    return None  # data-free: no per-batch loop
+    """The reference loop of ``name`` on ``data`` (:data:`LOOPS`), or None."""
+    return LOOPS[name][1](name, crit, model, names, data, p, rounds) if name in LOOPS else None
 
 
 def agreement_text(name: str, ours: dict, ref: dict) -> tuple[str, Optional[float]]:
@@ -484,9 +497,9 @@ PILOT = 2  # samples (SynFlow: rounds) of the pilot that decides whether a scori
 
 def pilot_estimate(name: str, ctx: Ctx, model: nn.Module, names: list[str], data: list) -> tuple[float, float]:
     """Decision-only estimates (never reported as measurements) of (ours, loop) seconds: both timed on a
-    small pilot (2 samples; SynFlow: 2 rounds), the faster of two tries (the first pays lazy set-up), scaled
-    linearly (an over-estimate for batched passes)."""
-    if name == "synflow":
+    small pilot (2 samples; a multi-round criterion: 2 rounds), the faster of two tries (the first pays lazy
+    set-up), scaled linearly (an over-estimate for batched passes)."""
+    if has_option(name, "rounds"):
         pilot, scale = Scorer(name, ctx, model, names, data, PILOT), ctx.plan.score_rounds / PILOT
     else:
         pilot, scale = Scorer(name, ctx, model, names, data[:PILOT], ctx.plan.score_rounds), len(data) / PILOT
@@ -500,16 +513,16 @@ def time_criterion(name: str, ctx: Ctx, model: nn.Module, names: list[str], data
         return "-", f"skipped: time budget (about {est_ours:.0f} s by a pilot, {ctx.left():.0f} s left)", {}
     run = Scorer(name, ctx, model, names, data, ctx.plan.score_rounds)
     ours, t_ours, m_ours = run.ours()
-    nums: dict[str, Any] = {"ours_s": t_ours, "ours_mib": m_ours, "samples": len(data)}
+    nums: dict[str, Any] = {"ours_s": t_ours, "ours_mib": m_ours, "samples": len(data), "reference": reference(name)}
     if run.loop is None:
-        return f"ours {t_ours:.2f} s (data-free: no per-batch loop)", "measured", nums
+        return f"ours {t_ours:.2f} s; reference: {reference(name)}", "measured", nums
     if est_loop > ctx.left():
-        return (f"ours {t_ours:.2f} s; the loop skipped: time budget (about {est_loop:.0f} s by a pilot, "
-                f"{ctx.left():.0f} s left)", "measured", nums)
+        return (f"ours {t_ours:.2f} s; reference ({reference(name)}) skipped: time budget (about {est_loop:.0f} s "
+                f"by a pilot, {ctx.left():.0f} s left)", "measured", nums)
     ref, t_ref, m_ref = run.naive()
     text, agree = agreement_text(name, ours, ref)
     nums.update(loop_s=t_ref, loop_mib=m_ref, speedup=t_ref / t_ours, agreement=agree)
-    return f"ours {t_ours:.2f} s, loop {t_ref:.2f} s; {text}", "measured", nums
+    return f"ours {t_ours:.2f} s, loop {t_ref:.2f} s ({reference(name)}); {text}", "measured", nums
 
 
 def scoring(ctx: Ctx) -> list[Row]:
@@ -520,8 +533,8 @@ def scoring(ctx: Ctx) -> list[Row]:
     compressors.build("snip").score(model, data[:2], LOSS)  # warm-up, not timed (lazy kernel/allocator set-up)
     reference_scores("grad_norm", model, names, data[:2], 1, 1, p.score_shape)
     for name in pruning_criteria():
-        row = run_item(rows, "scoring", f"{name}: {p.score_model}, {p.score_samples} mask samples, batch 1, ours vs "
-                       "naive loop", ctx, lambda n=name: time_criterion(n, ctx, model, names, data))
+        row = run_item(rows, "scoring", f"{name}: {p.score_model}, {p.score_samples} mask samples, batch 1", ctx,
+                       lambda n=name: time_criterion(n, ctx, model, names, data))
         if "speedup" in row.numbers:
             row.ratio = f"x{row.numbers['speedup']:.1f} vs the loop"
     return rows

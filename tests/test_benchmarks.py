@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import compressors
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,7 +27,7 @@ def _load(name: str):
 
 
 def test_quick_scoring_benchmark_rows_agree_with_the_naive_loops(capsys: pytest.CaptureFixture[str]) -> None:
-    _load("scoring").main(["--quick", "--repeats", "1", "--device", "cpu"])
+    _load("scoring").main(["--quick", "--repeats", "1", "--device", "cpu", "--tables", "main,estimators"])
     out = capsys.readouterr().out
     rows = {m.group(1): m.group(2).strip() for m in
             re.finditer(r"^\| (\w+)\s+\| 10\s+\|(?:[^|]*\|){5}\s*([^|]+)\|$", out, re.MULTILINE)}
@@ -36,6 +38,34 @@ def test_quick_scoring_benchmark_rows_agree_with_the_naive_loops(capsys: pytest.
         else:
             assert float(dev) < 1e-4, (name, dev)
     assert "| hutch_diag  | 10         | 1" in out  # the estimator table's batch-size-10 row
+
+
+def test_quick_cost_table_counts_every_criterions_passes_as_its_docs_state(capsys: pytest.CaptureFixture[str]) -> None:
+    scoring = _load("scoring")
+    rows = scoring.main(["--quick", "--tables", "cost", "--device", "cpu", "--floor-repeats", "1"])["cost"]
+    out = capsys.readouterr().out
+    by = {r["criterion"]: r for r in rows}
+    assert list(by) == compressors.pruning_criteria()  # every registered pruning criterion, once
+    for name, row in by.items():
+        assert row["seconds"] > 0 and isinstance(row["forwards"], int) and isinstance(row["backwards"], int), row
+        assert re.search(rf"^\| {name} +\| {row['rounds'] or ''} +\| {row['seconds']:.2f} +\|", out, re.M), name
+        if compressors.get(name).needs_data:  # the hooks saw its passes over the mask batch
+            assert row["forwards"] >= 1 and row["backwards"] >= 1 and row["passes_s"] > 0, row
+        if name in scoring.DOCUMENTED:  # counted by the hooks = stated in the docs, for this batch and options
+            assert row["matches"] and (row["forwards"], row["backwards"]) == row["documented"][:2], row
+        if row["passes_s"]:
+            assert row["ratio"] == pytest.approx(row["seconds"] / row["passes_s"])
+            assert row["flagged"] == (row["ratio"] > scoring.COST_GOAL)
+        else:
+            assert row["ratio"] is None and not row["flagged"] and row["forwards"] == row["backwards"] == 0
+    multi = {n for n in by if scoring.has_option(n, "rounds")}
+    assert {"synflow", "force", "iter_snip", "grasp_it", "synflow_l2"} <= multi
+    assert all(by[n]["rounds"] == 3 for n in multi) and all(by[n]["rounds"] is None for n in set(by) - multi)
+    assert by["force"]["forwards"] == by["force"]["backwards"] == 3  # 3 rounds x 1 batch
+    assert by["synflow"]["forwards_text"] == "3 (batch 1)"  # one all-ones input per round, its own floor
+    assert by["hutch_diag"]["backwards"] == 2  # a gradient, then K = 3 probes in one batched double backward
+    assert by["prospr"]["backwards_text"] == "7 (train mode)"  # M = 3 inner gradients + meta loss + M through steps
+    assert "every multi-round criterion at --cost-rounds 3 rounds" in out and "benchmarks/phew.py" in out
 
 
 def test_quick_gpu_check_on_the_cpu_writes_speeds_with_ratios_to_references_of_the_same_run(
@@ -71,18 +101,23 @@ def test_quick_gpu_check_on_the_cpu_writes_speeds_with_ratios_to_references_of_t
     assert len(criteria) >= 15 and "none" not in criteria and {"hts", "autosparse", "erk"} <= set(criteria)
     scoring = {r["item"].split(":")[0]: r for r in by("scoring")}
     assert set(scoring) == set(criteria) and all(r["status"] == "measured" for r in scoring.values())
-    data_free = ("magnitude", "random", "uniform", "erk")  # no per-batch loop to compare with
+    # which criteria have a reference loop is gpu_check's own table; every row names its reference
+    assert set(gpu_check.NAIVE) | {"autosparse"} <= set(gpu_check.LOOPS) <= set(criteria)
     for name, row in scoring.items():
         nums = row["numbers"]
         assert nums["ours_s"] > 0 and nums["samples"] == 10
-        if name in data_free:
-            assert "speedup" not in nums and row["ratio"] == ""
+        assert nums["reference"] == gpu_check.reference(name) and nums["reference"] in row["value"], row
+        if name not in gpu_check.LOOPS:
+            assert "speedup" not in nums and row["ratio"] == "", row
+            assert nums["reference"] == ("none: no naive loop written for it" if compressors.get(name).needs_data
+                                         else "none: data-free")
             continue
         assert nums["loop_s"] > 0 and nums["speedup"] == pytest.approx(nums["loop_s"] / nums["ours_s"])
         assert row["ratio"] == f"x{nums['speedup']:.1f} vs the loop"
-        if name not in ("synflow", "hutch_diag", "hutch_pruning", "hts"):
+        if name not in ("synflow", *gpu_check.HUTCHINSON):
             assert nums["agreement"] < 1e-4, row  # max deviation from the naive loop
     assert scoring["synflow"]["numbers"]["agreement"] == 1.0  # kept-mask agreement
+    assert scoring["magnitude"]["numbers"]["reference"] == "none: data-free"
 
     proj = by("projection")
     fastest = next(r for r in proj if r["item"].startswith("fastest setting"))
