@@ -402,6 +402,7 @@ def write_predictor(folder: Path) -> Path:
 # ------------------------------------------------------------------------------------ cost in passes
 COST_GOAL = 1.25  # a multi-round criterion should run within this factor of (its passes x the pass floor)
 PassKey = tuple[tuple[int, ...], str, bool]  # the input of a pass: (shape, dtype, training mode)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def first_module(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -429,37 +430,39 @@ class PassCounter:
     """Counts the passes through ``module`` (the model's first module): a forward pre-hook counts its forward
     calls, and a forward hook registers a tensor hook on every output that requires grad, which counts each
     backward traversal reaching it (``backward``, ``autograd.grad``, and the double backwards of Hessian-vector
-    products and meta-gradients alike).  Both are grouped by the pass's input: (shape, dtype, training mode).
-    Hooks fire under ``functional_call`` too.  Two limits: a double backward batched over K vectors
-    (``is_grads_batched``) is one traversal, and inside ``torch.func`` transforms the output cannot take a
-    tensor hook (those traversals are counted in ``unhookable``)."""
+    products and meta-gradients alike; one backward of a loss built from two forwards traverses both).  Both
+    are grouped by the pass's input: (shape, dtype, training mode).  Hooks fire under ``functional_call`` and
+    on ``copy.deepcopy`` copies of the model (the hooks are closures, which a deep copy shares).  Two limits:
+    a double backward batched over K vectors (``is_grads_batched``) is one traversal, and inside
+    ``torch.func`` transforms the output cannot take a tensor hook (counted in ``unhookable``)."""
 
     def __init__(self, module: nn.Module) -> None:
         self.forwards: Counter[PassKey] = Counter()
         self.backwards: Counter[PassKey] = Counter()
         self.unhookable = 0
-        self._handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
-        self._key: Optional[PassKey] = None
+        last: list[PassKey] = []
 
-    def _pre(self, module: nn.Module, args: tuple) -> None:
-        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        shape = tuple(x.shape) if x is not None else ()
-        dtype = str(x.dtype).removeprefix("torch.") if x is not None else "?"
-        self._key = (shape, dtype, module.training)
-        self.forwards[self._key] += 1
+        def pre(mod: nn.Module, args: tuple) -> None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            key = (tuple(x.shape), str(x.dtype).removeprefix("torch."), mod.training) if x is not None else \
+                ((), "?", mod.training)
+            last[:] = [key]
+            self.forwards[key] += 1
 
-    def _post(self, module: nn.Module, args: tuple, out: Any) -> None:
-        key = self._key
-        if key is None or not (torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad):
-            return
+        def post(mod: nn.Module, args: tuple, out: Any) -> None:
+            if not (last and torch.is_grad_enabled() and isinstance(out, torch.Tensor) and out.requires_grad):
+                return
+            key = last[0]
 
-        def count(grad: torch.Tensor) -> None:
-            self.backwards[key] += 1
+            def count(grad: torch.Tensor) -> None:
+                self.backwards[key] += 1
 
-        try:
-            out.register_hook(count)
-        except RuntimeError:  # a torch.func transform: the traversal cannot be counted
-            self.unhookable += 1
+            try:
+                out.register_hook(count)
+            except RuntimeError:  # a torch.func transform: the traversal cannot be counted
+                self.unhookable += 1
+
+        self._handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
 
     def reset(self) -> None:
         self.forwards.clear()
@@ -544,13 +547,15 @@ def sync(device: torch.device) -> None:
 @dataclasses.dataclass
 class CostSetting:
     """What :data:`DOCUMENTED` formulas may read: the criterion's options, the mask batch size, the number
-    of mask batches (1 here), the device and the number of scored weights (for the Hutchinson route)."""
+    of mask batches (1 here), the device, the number of scored weights (for the Hutchinson route) and
+    whether the model has batch normalisation (NTK-SAP's statistics pass)."""
 
     options: Any
     samples: int
     batches: int
     device: torch.device
     scored: int
+    norms: bool
 
 
 def _hutchinson_passes(c: CostSetting) -> tuple[int, int, str]:
@@ -584,6 +589,20 @@ def _rounds_of_ones(c: CostSetting) -> tuple[int, int, str]:
     return c.options.rounds, c.options.rounds, "rounds, an all-ones input"
 
 
+def _ntk_sap_passes(c: CostSetting) -> tuple[int, int, str]:
+    """T rounds x R draws x B batches, each a BN-statistics forward (no grad; a model with BN), the two
+    forwards of J and one backward of J, which traverses both."""
+    draws = c.options.rounds * c.options.resamples * c.batches
+    return draws * (3 if c.norms else 2), 2 * draws, "T x R x B x (BN pass + 2 forwards, 1 backward of both)"
+
+
+def _px_passes(c: CostSetting) -> tuple[int, int, str]:
+    """n rounds x the round's batches, each three forwards (the ReLU patterns and z1 without grad, z2) and one
+    backward (through z2)."""
+    n = c.options.rounds * (c.options.batches or c.batches)
+    return 3 * n, n, "rounds x batches x (3 forwards, 1 backward)"
+
+
 def _no_pass(c: CostSetting) -> tuple[int, int, str]:
     return 0, 0, "no pass"
 
@@ -602,6 +621,8 @@ DOCUMENTED: dict[str, Callable[[CostSetting], Optional[tuple[int, int, str]]]] =
     **{n: _rounds_of_ones for n in ("synflow", "synflow_l2")},
     **{n: _rounds_of_batches for n in ("iter_snip", "force", "grasp_it")},
     "prospr": _prospr_passes,
+    "ntk_sap": _ntk_sap_passes,
+    "px": _px_passes,
     **{n: _no_pass for n in ("magnitude", "random", "uniform", "erk", "er", "igq", "smart_ratio", "uniform_plus",
                               "phew")},
 }
@@ -672,7 +693,8 @@ def cost_row(name: str, model: nn.Module, batch: tuple[torch.Tensor, torch.Tenso
     passes_s = sum(fwd[k] * v.forward_s + bwd[k] * (v.forward_backward_s - v.forward_s) for k, v in floors.items())
     passes_cpu = sum(fwd[k] * v.forward_cpu_s + bwd[k] * (v.forward_backward_cpu_s - v.forward_cpu_s)
                      for k, v in floors.items())
-    doc = DOCUMENTED[name](CostSetting(crit.options, batch[0].shape[0], 1, device, scored)) \
+    norms = any(isinstance(m, NORMS) for m in model.modules())
+    doc = DOCUMENTED[name](CostSetting(crit.options, batch[0].shape[0], 1, device, scored, norms)) \
         if name in DOCUMENTED else None
     counted = (sum(fwd.values()), sum(bwd.values()))
     ratio = seconds / passes_s if passes_s > 0 else None
