@@ -18,7 +18,6 @@ import compressors
 from runspec.copies import (  # noqa: F401 - re-exported: reporting.runs' names before runspec.copies
     SEED,
     SEED_FIELD,
-    _without,
     comparable_fields,
     flatten,
     group_hash,
