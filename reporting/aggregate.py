@@ -8,6 +8,8 @@ docs/run-folder.md).  A column is labelled in the form its configs gave the spar
 is the effective value (``d_eff``, ``c_eff``).  Runs are averaged only
 when their resolved configs are identical apart from the seed (same ``group``); when groups that
 would share a cell differ in other fields, each gets its own row whose variant names those fields.
+:func:`connectivity_table` lays out the effective sparsity (mean ± std) and the collapsed layers
+(results.json ``layer_collapse``) of each group the same way, with the failed runs of each cell.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ OPTIONS_PREFIX = "training.compressor.options"
 COST_COLUMNS = ("params_dense", "params_effective", "flops_dense", "flops_effective")
 # direct and effective sparsity (results.json): averaged per group beside the metric
 SPARSITY_COLUMNS = ("achieved_sparsity", "effective_sparsity")
+# collapsed layers (results.json layer_collapse) and the spread of effective_sparsity, per group; the
+# connectivity table (connectivity_table, the report's table_connectivity.md) shows them
+CONNECTIVITY_COLUMNS = ("collapsed_layers", "collapsed_runs", "collapsed_layer_names", "effective_sparsity_std")
 FORM_PATH = ("training", "compressor", "sparsity_form")
 
 
@@ -123,10 +128,11 @@ def aggregate(runset: RunSet, metric: str) -> tuple[pd.DataFrame, Grouping]:
     runs = runs.assign(variant=runs["group"].map(grouping.variant), sparsity_form=runs["run_dir"].map(forms))
     costs = [c for c in COST_COLUMNS if c in runs.columns]  # runs of versions before cost accounting lack them
     costs += [c for c in SPARSITY_COLUMNS if c in runs.columns]  # older runs lack effective_sparsity
+    runs, connectivity = _with_collapse(runset, runs)
     agg = (runs.groupby(ROW_KEYS + ["variant", "sparsity", "group"], dropna=False, sort=True)
            .agg(mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"),
                 seeds=("seed", lambda s: ",".join(str(int(x)) for x in sorted(s))),
-                sparsity_form=("sparsity_form", "first"), **{c: (c, "mean") for c in costs})
+                sparsity_form=("sparsity_form", "first"), **{c: (c, "mean") for c in costs}, **connectivity)
            .reset_index())
     agg["metric"] = metric
     agg["dense"] = agg["criterion"].map(is_dense)
@@ -134,7 +140,95 @@ def aggregate(runset: RunSet, metric: str) -> tuple[pd.DataFrame, Grouping]:
     for _, part in agg[~agg["dense"]].groupby(["dataset", "model", "sparsity"]):
         target = part["mean"].min() if lower_is_better(metric) else part["mean"].max()
         agg.loc[part.index[(part["mean"] - target).abs() <= 1e-12], "best"] = True
-    return agg[cols + ["sparsity_form"] + costs], grouping
+    return agg[cols + ["sparsity_form"] + costs + list(connectivity)], grouping
+
+
+def _with_collapse(runset: RunSet, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[str, Any]]]:
+    """``runs`` with each run's ``collapsed_layers`` (the number of layers its mask empties: results.json
+    ``layer_collapse``) and ``collapsed_names``, and the per-group aggregations of :data:`CONNECTIVITY_COLUMNS`
+    (none when no run recorded ``layer_collapse``)."""
+    lists = {d: (runset.results.get(d) or {}).get("layer_collapse") for d in runs["run_dir"]}
+    lists = {d: [str(x) for x in v] if isinstance(v, list) else None for d, v in lists.items()}
+    if all(v is None for v in lists.values()):
+        return runs, {}
+    runs = runs.assign(collapsed_layers=runs["run_dir"].map(lambda d: math.nan if lists[d] is None else len(lists[d])),
+                       collapsed_names=runs["run_dir"].map(lambda d: lists[d] or []))
+    out: dict[str, tuple[str, Any]] = {
+        "collapsed_layers": ("collapsed_layers", "mean"),
+        "collapsed_runs": ("collapsed_layers", lambda c: int((c > 0).sum())),
+        "collapsed_layer_names": ("collapsed_names", lambda v: " ".join(sorted({n for names in v for n in names}))),
+    }
+    if "effective_sparsity" in runs.columns:
+        out["effective_sparsity_std"] = ("effective_sparsity", "std")
+    return runs, out
+
+
+def connectivity_table(agg: pd.DataFrame, failed: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Effective sparsity and collapsed layers of the pruned groups, laid out as :func:`pivot_table`.
+
+    Index (dataset, model, criterion, warmup[, variant]); two columns per sparsity, labelled as the main
+    table's: ``<label> s_eff``, the mean ± std over seeds of results.json ``effective_sparsity`` (Vysogorets &
+    Kempe 2023: kept weights cut off from the input or the output counted as removed; always a sparsity), and
+    ``<label> collapsed``, the mean number of layers whose mask is empty (results.json ``layer_collapse``), the
+    runs with at least one (``k/n``) and the layers' names, ``0`` when none.  ``failed`` (rows of the runs
+    table: dataset, model, criterion, warmup, sparsity, variant) adds ``k failed`` to its cells, and fills the
+    cells of settings where no run completed with ``failed (k)``.  Empty when no run recorded either value.
+    """
+    cols = [c for c in ("effective_sparsity", "collapsed_layers") if c in agg.columns]
+    pruned = agg[~agg["dense"]] if not agg.empty else agg
+    if pruned.empty or not cols or pruned[cols].isna().all().all():
+        return pd.DataFrame()
+    sparsities = sorted(pruned["sparsity"].unique())
+    labels = dict(zip(sparsities, _column_labels(pruned, sparsities)))
+    keys = ROW_KEYS + ["variant"]
+    fails: dict[tuple, int] = {}
+    for _, r in (failed if failed is not None else pd.DataFrame()).iterrows():
+        if r.get("sparsity") is None or is_dense(r.get("criterion")):
+            continue
+        s = next((x for x in sparsities if math.isclose(x, float(r["sparsity"]))), float(r["sparsity"]))
+        key = (*(r.get(k, "") for k in keys), s)
+        fails[key] = fails.get(key, 0) + 1
+    for s in {k[-1] for k in fails} - set(sparsities):
+        sparsities.append(s)
+        labels[s] = sparsity_label(s, "sparsity")
+    sparsities.sort()
+    rows: dict[tuple, dict[str, Any]] = {}
+    for _, r in pruned.iterrows():
+        key = tuple(r[k] for k in keys)
+        row = rows.setdefault(key, dict(zip(keys, key)))
+        k = fails.pop((*key, r["sparsity"]), 0)
+        extra = f"; {k} failed" if k else ""
+        row[f"{labels[r['sparsity']]} s_eff"] = _mean_std(r.get("effective_sparsity"),
+                                                          r.get("effective_sparsity_std"), int(r["n"])) + extra
+        row[f"{labels[r['sparsity']]} collapsed"] = _collapsed_cell(r) + extra
+    for (*key, s), k in fails.items():
+        row = rows.setdefault(tuple(key), dict(zip(keys, key)))
+        row[f"{labels[s]} s_eff"] = row[f"{labels[s]} collapsed"] = f"failed ({k})"
+    columns = [f"{labels[s]} {part}" for s in sparsities for part in ("s_eff", "collapsed")]
+    table = pd.DataFrame(list(rows.values()))
+    table = table.reindex(columns=keys + columns).fillna("")
+    table = table.sort_values(keys, key=lambda s: s.map(str)).reset_index(drop=True)
+    if (table["variant"] == "").all():
+        table = table.drop(columns="variant")
+    return table.set_index([c for c in keys if c in table.columns])
+
+
+def _mean_std(mean: Any, std: Any, n: int) -> str:
+    """``0.9912 ± 0.0004``; ``–`` for the std of one run; empty when no run recorded the value."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    sd = "–" if n < 2 or std is None or (isinstance(std, float) and math.isnan(std)) else f"{std:.4f}"
+    return f"{mean:.4f} ± {sd}"
+
+
+def _collapsed_cell(r: pd.Series) -> str:
+    """``0``, or ``1.33 (2/3): 3.weight 7.weight`` (mean layers, runs with a collapse / runs, their names)."""
+    mean = r.get("collapsed_layers")
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    if not r.get("collapsed_runs"):
+        return "0"
+    return f"{mean:.3g} ({int(r['collapsed_runs'])}/{int(r['n'])}): {r.get('collapsed_layer_names', '')}"
 
 
 def _form(config: dict[str, Any] | None) -> str:
@@ -185,12 +279,7 @@ def pivot_table(agg: pd.DataFrame, *, bold: tuple[str, str] = ("**", "**"),
         return pd.DataFrame()
     scale = metric_scale(metric)
     sparsities = sorted(agg.loc[~agg["dense"], "sparsity"].unique()) or [0.0]
-    pruned = agg[~agg["dense"]]
-    forms = {s: set(pruned.loc[pruned["sparsity"] == s, "sparsity_form"]) if "sparsity_form" in agg else set()
-             for s in sparsities}
-    columns = [sparsity_label(s, next(iter(forms[s])) if len(forms[s]) == 1 else "sparsity") for s in sparsities]
-    if len(set(columns)) < len(columns):  # two sparsities that print alike in their forms: as sparsities
-        columns = [f"s={s:g}" for s in sparsities]
+    columns = _column_labels(agg, sparsities)
     records = []
     for key, part in agg.groupby(ROW_KEYS + ["variant"], dropna=False, sort=False):
         dense = bool(part["dense"].iloc[0])
@@ -216,6 +305,18 @@ def pivot_table(agg: pd.DataFrame, *, bold: tuple[str, str] = ("**", "**"),
     return table.set_index([c for c in ROW_KEYS + ["variant"] if c in table.columns])
 
 
+def _column_labels(agg: pd.DataFrame, sparsities: list[float]) -> list[str]:
+    """The column label of each sparsity, in the form its pruned configs gave (``s=0.9``, ``d=0.1``, ``c=10``);
+    as sparsities when the forms are mixed or two sparsities would print alike."""
+    pruned = agg[~agg["dense"]]
+    forms = {s: set(pruned.loc[pruned["sparsity"] == s, "sparsity_form"]) if "sparsity_form" in agg else set()
+             for s in sparsities}
+    columns = [sparsity_label(s, next(iter(forms[s])) if len(forms[s]) == 1 else "sparsity") for s in sparsities]
+    if len(set(columns)) < len(columns):  # two sparsities that print alike in their forms: as sparsities
+        columns = [f"s={s:g}" for s in sparsities]
+    return columns
+
+
 def _sortable(order: tuple) -> tuple:
     return tuple((0, v) if isinstance(v, (int, float)) else (1, str(v)) for v in order)
 
@@ -239,7 +340,8 @@ def options_seed_groups(runset: RunSet) -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["ROW_KEYS", "COST_COLUMNS", "SPARSITY_COLUMNS", "cost_table", "sparsity_label",
+__all__ = ["ROW_KEYS", "COST_COLUMNS", "SPARSITY_COLUMNS", "CONNECTIVITY_COLUMNS", "connectivity_table",
+           "cost_table", "sparsity_label",
            "DISPLAY_FIELDS", "OPTIONS_SEED_FIELD", "Grouping", "aggregate", "assign_variants",
            "differing_fields", "format_cell", "pivot_table", "options_seed_groups", "setting_fields",
            "metric_scale", "lower_is_better"]

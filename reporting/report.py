@@ -4,6 +4,8 @@ Writes into the report folder::
 
     report.md         everything below in one page (table, differing fields, problems, figures)
     table.md          the Markdown table (also printed)      table.tex   the same table (booktabs)
+    table_connectivity.md   effective sparsity and collapsed layers per cell, failed runs counted
+                      (reporting.aggregate.connectivity_table; written when runs recorded them)
     runs.csv          one row per run folder (any status)    aggregated.csv  one row per group
     issues.csv        failed / interrupted / running / broken / invalid / missing grid points, runs
                       whose mask.pt cannot be used (damaged), and copies of a run counted once (duplicate)
@@ -32,7 +34,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from reporting import figures as figs
-from reporting.aggregate import Grouping, aggregate, cost_table, metric_scale, options_seed_groups, pivot_table
+from reporting.aggregate import (
+    Grouping,
+    aggregate,
+    connectivity_table,
+    cost_table,
+    metric_scale,
+    options_seed_groups,
+    pivot_table,
+)
 from reporting.masks import MaskReader, chance_iou, mask_iou, pairing_key
 from reporting.reference import compare, summary_line, unmatched_reason
 from reporting.render import to_latex, to_markdown
@@ -62,6 +72,7 @@ class Report:
     figures: list[Path] = field(default_factory=list)
     markdown: str = ""
     reference: pd.DataFrame | None = None
+    connectivity: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 # ---------------------------------------------------------------------------------------------- issues
@@ -237,6 +248,7 @@ def build_report(results: str | Path, out: str | Path, *, metric: str = "best_va
     pruned = sorted(agg.loc[~agg["dense"], "sparsity"].unique()) if not agg.empty else []
     chosen = sparsity if sparsity is not None else _closest([float(s) for s in pruned], 0.9)
     report = Report(out, metric, len(runset.runs), agg, md_table, pd.DataFrame(), grouping, chosen)
+    report.connectivity = connectivity_table(agg, failed_runs(runset, grouping))
     if sparsity is not None and not any(math.isclose(sparsity, float(x)) for x in pruned):
         present = ", ".join(f"{x:g}" for x in pruned)
         log(f"warning: no completed pruned run at sparsity {sparsity:g}; present: {present}")
@@ -313,6 +325,8 @@ def _write_files(report: Report, runset: RunSet, table_md: str, table_tex: str, 
     if figures and not report.aggregated.empty:
         _draw_figures(report)
     write_text(out / "table.md", table_md + "\n")
+    if not report.connectivity.empty:
+        write_text(out / "table_connectivity.md", to_markdown(report.connectivity) + "\n")
     write_text(out / "table.tex", table_tex + "\n")
     report.markdown = render_page(report, runset, table_md)
     write_text(out / "report.md", report.markdown)
@@ -383,6 +397,21 @@ def _differences_text(grouping: Grouping) -> str:
     return "\n" + "\n".join(lines) if lines else ""
 
 
+CONNECTIVITY_NOTE = ("`s_eff`: effective sparsity, mean ± std over seeds (kept weights cut off from the input or the "
+                     "output counted as removed; results.json `effective_sparsity`); `collapsed`: mean number of "
+                     "layers whose mask is empty (results.json `layer_collapse`), runs with one / runs, and the "
+                     "layers; `failed (k)`: k runs of the cell failed (reasons under \"Runs to redo\"). "
+                     "Also table_connectivity.md.")
+
+
+def failed_runs(runset: RunSet, grouping: Grouping) -> pd.DataFrame:
+    """The failed runs (status ``failed``) with their table keys and variant (empty when their group never
+    completed)."""
+    runs = runset.runs
+    failed = runs[runs["status"] == "failed"]
+    return failed.assign(variant=failed["group"].map(lambda g: grouping.variant.get(g, "")))
+
+
 def render_page(report: Report, runset: RunSet, table_md: str) -> str:
     """The ``report.md`` page."""
     scale = metric_scale(report.metric)
@@ -393,6 +422,9 @@ def render_page(report: Report, runset: RunSet, table_md: str) -> str:
     if report.reference is not None:
         parts += ["## Published numbers beside ours", "", "Difference = ours − published; *within* = |difference| "
                   "<= the published std.", "", to_markdown(report.reference), "", summary_line(report.reference), ""]
+    if not report.connectivity.empty:
+        parts += ["## Effective sparsity and collapsed layers", "", CONNECTIVITY_NOTE, "",
+                  to_markdown(report.connectivity), ""]
     costs = cost_table(report.aggregated)
     if not costs.empty:
         parts += ["## Cost per forward pass", "", "Mean over seeds of one example's effective parameters and FLOPs "
