@@ -120,8 +120,10 @@ class Compressor:
     - ``needs_data``: False for data-free criteria (magnitude, random, synflow);
     - ``prunes``: False only for the dense baseline ``none``;
     - ``iterative``: True when the scores depend on the target sparsity (``score(..., sparsity=s)``);
-    - ``scopes``: the ``compressor.mask`` values it supports (a criterion that sets its own layer densities
-      supports ``global`` only).
+    - ``scopes``: the ``compressor.mask`` values it supports (a criterion that sets its own layer densities,
+      or whose rounds select weights globally, supports ``global`` only);
+    - ``global_only_because``: why, for a ``global``-only criterion (said when structured pruning, which ranks
+      structures per layer or globally by aggregated scores, is asked of it).
     """
 
     Options: ClassVar[type] = NoOptions
@@ -129,6 +131,7 @@ class Compressor:
     prunes: ClassVar[bool] = True
     iterative: ClassVar[bool] = False
     scopes: ClassVar[tuple[str, ...]] = ("global", "layer")  # the compressor.mask values it works with
+    global_only_because: ClassVar[str] = "it selects its weights in one global ranking (its rounds or walks)"
     registered_name: ClassVar[str] = ""
 
     @classmethod
@@ -145,7 +148,8 @@ class Compressor:
                                     "no prune_classifier / prune_biases; valid: 'module_type' (or leave those false)"))
         if not cls.prunes:
             comp.sparsity, comp.structure = 0.0, "none"  # the dense baseline ignores the (template) sparsity
-        check_structure(comp.structure, comp.name, cls.scopes, problems, f"{path}.structure")
+        check_structure(comp.structure, comp.name, cls.scopes, problems, f"{path}.structure",
+                        because=cls.global_only_because)
         if comp.mask not in cls.scopes:
             problems.append(Problem(f"{path}.mask", f"'{comp.name}' sets its own density per layer; "
                                     f"valid: {', '.join(map(repr, cls.scopes))}"))

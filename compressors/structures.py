@@ -59,14 +59,16 @@ def parse_kinds(structure: str) -> tuple[str, ...]:
 
 
 def check_structure(structure: str, criterion: str, scopes: Sequence[str], problems: list[Problem],
-                    path: str = "training.compressor.structure") -> None:
+                    path: str = "training.compressor.structure",
+                    because: str = "it sets its own density per weight tensor") -> None:
     """Does ``structure`` (``compressor.structure``) fit criterion ``criterion`` with mask ``scopes``?
-    Structures are ranked per layer or globally by aggregated element scores, so a criterion that sets its
-    own density per weight tensor (no ``"layer"`` in its scopes) cannot drive them.  The spelling of
-    ``structure`` itself is checked with the config (:func:`parse_kinds`)."""
+    Structures are ranked per layer or globally by aggregated element scores, so a criterion that selects
+    weights itself (no ``"layer"`` in its scopes: it sets its own density per weight tensor, or its rounds
+    rank weights globally; ``because`` says which) cannot drive them.  The spelling of ``structure`` itself
+    is checked with the config (:func:`parse_kinds`)."""
     if structure != "none" and "layer" not in scopes:
-        problems.append(Problem(path, f"'{criterion}' sets its own density per weight tensor, which structures "
-                                "do not follow; valid: 'none'"))
+        problems.append(Problem(path, f"'{criterion}' cannot drive structured pruning: {because}, which "
+                                "structures do not follow; valid: 'none'"))
 
 
 @dataclass

@@ -148,7 +148,7 @@ def test_the_criterion_and_the_structures_own_their_config_checks():
     check_structure("none", "erk", ("global",), problems)
     check_structure("channel", "snip", ("global", "layer"), problems)
     assert [p.path for p in problems] == ["training.compressor.structure"]
-    assert "'erk' sets its own density per weight tensor" in problems[0].message
+    assert "'erk' cannot drive structured pruning: it sets its own density per weight tensor" in problems[0].message
     comp = CompressorConfig(name="erk", mask="layer", structure="channel", prunable="official_names",
                             prune_biases=True)
     problems = []

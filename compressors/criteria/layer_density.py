@@ -121,6 +121,7 @@ class _LayerDensity(Compressor):
     needs_data = False
     iterative = True
     scopes: ClassVar[tuple[str, ...]] = ("global",)
+    global_only_because: ClassVar[str] = "it sets its own density per weight tensor"
 
     def raw_density(self, shape: torch.Size) -> float:  # pragma: no cover - abstract
         raise NotImplementedError("abstract: layer-density baselines implement raw_density() or kept_counts()")
