@@ -81,9 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 return 2
     overrides = overrides_of(args)
-    if overrides:
-        print("overrides (part of each run's identity): "
-              + ", ".join(f"{p}={json.dumps(v)}" for p, v in overrides))
+    if getattr(args, "official_form", False):
+        print("official command line: general.compat is 'official' in every config that does not set it")
+    shown = [(p, v) for p, v in overrides if not getattr(v, "to_json", None)]
+    if shown:
+        print("overrides (part of each run's identity): " + ", ".join(f"{p}={json.dumps(v)}" for p, v in shown))
     if args.launcher == "slurm":
         return _submit_slurm(files, args, overrides)
     if args.launcher == "local":
@@ -243,8 +245,13 @@ def _add_override_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def overrides_of(args: argparse.Namespace) -> list[tuple[str, object]]:
-    """The ``--set`` pairs of a command line, then ``--max-batches`` as ``training.max_batches``."""
-    out = list(getattr(args, "set", None) or [])
+    """The ``--set`` pairs of a command line, then ``--max-batches`` as ``training.max_batches``; the
+    official form (``--experiment ... --params_path ...``) first sets ``general.compat: official`` in every
+    config that does not set it (the official repository's command runs the official behaviour)."""
+    from runspec.paths import IfUnset
+
+    out = [("general.compat", IfUnset("official"))] if getattr(args, "official_form", False) else []
+    out += list(getattr(args, "set", None) or [])
     if getattr(args, "max_batches", None) is not None:
         out.append(("training.max_batches", args.max_batches))
     return out
@@ -478,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].startswith("--") and argv[0] not in ("--help", "-h"):
         args = official_parser().parse_args(argv)
-        args.paths = [args.params_path]
+        args.paths, args.official_form = [args.params_path], True
         allow_modules(args)
         try:
             return cmd_run(args)

@@ -33,6 +33,7 @@ from typing import IO, Callable
 from launch.runner import Overrides, RunOutcome, fill_results, outcome_of, record_batch
 from runspec import RunSpec
 from runspec.folder import RunFolder, read_state, results_root
+from runspec.paths import override_to_json
 
 ROOT = Path(__file__).resolve().parent.parent  # the project, importable in every worker
 STOP_GRACE_S = 60.0
@@ -78,7 +79,7 @@ def _start(path: Path, number: int, slot: int, folder: Path, results: str | Path
     if results is not None:
         command += ["--results", str(results)]
     if overrides:
-        command += ["--overrides", json.dumps([list(o) for o in overrides])]
+        command += ["--overrides", json.dumps([[path, override_to_json(value)] for path, value in overrides])]
     handle = open(log_file, "ab")  # noqa: SIM115 - closed when the worker is collected
     process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True,  # a terminal's Ctrl-C reaches the launcher only

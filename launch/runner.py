@@ -222,7 +222,8 @@ def _run_claimed(path: Path, spec: RunSpec, folder: RunFolder, outcome: RunOutco
         folder.path.mkdir(parents=True, exist_ok=True)  # config.json and environment.json: engine.assemble
         folder.set_status("running", config_file=str(path), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
                           attempts=status.attempts + 1, resumed=resuming, log=os.environ.get(TASK_LOG))
-        log(f"[{path}] -> {folder.path}" + (" (resuming)" if resuming else ""))
+        log(f"[{path}] -> {folder.path}" + (" (resuming)" if resuming else "")
+            + f"; compat: {spec.config.general.compat}")
         if ready is not None:
             ready(True)
         res = execute(spec, folder, log=log, on_epoch_end=on_epoch_end)

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from launch.runner import Interrupted, RunOutcome, run_config
+    from runspec.paths import override_from_json
     from utils.io import write_json
 
     received: list[int] = []
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, interrupt_once)
     code = 0
     try:
-        overrides = [tuple(o) for o in json.loads(args.overrides)]
+        overrides = [(path, override_from_json(value)) for path, value in json.loads(args.overrides)]
         outcome = run_config(args.config, results=args.results, overrides=overrides)
     except KeyboardInterrupt:
         name = signal.Signals(received[0]).name if received else "SIGINT"

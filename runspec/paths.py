@@ -94,12 +94,49 @@ def parse_override(text: str) -> tuple[str, Any]:
     return expand_path(path), parse_value(value.strip())
 
 
+class IfUnset:
+    """An override value that applies only where the config does not set the field itself (the official
+    command line's ``general.compat: official``)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, IfUnset) and other.value == self.value
+
+    def __repr__(self) -> str:
+        return f"IfUnset({self.value!r})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {IF_UNSET: self.value}
+
+
+IF_UNSET = "__if_unset__"
+
+
+def override_from_json(value: Any) -> Any:
+    """The inverse of :meth:`IfUnset.to_json` (overrides travel to worker processes as JSON)."""
+    return IfUnset(value[IF_UNSET]) if isinstance(value, dict) and set(value) == {IF_UNSET} else value
+
+
+def override_to_json(value: Any) -> Any:
+    return value.to_json() if isinstance(value, IfUnset) else value
+
+
+_MISSING = object()
+
+
 def apply_overrides(raw: Any, overrides: list[tuple[str, Any]]) -> Any:
-    """A copy of the config ``raw`` (a file's JSON) with each ``(path, value)`` set; ``raw`` itself is not
-    changed.  A non-object ``raw`` is returned as it is (its own error is reported when it is checked)."""
+    """A copy of the config ``raw`` (a file's JSON) with each ``(path, value)`` set (an :class:`IfUnset`
+    value only where ``raw`` does not set that path); ``raw`` itself is not changed.  A non-object ``raw``
+    is returned as it is (its own error is reported when it is checked)."""
     if not overrides or not isinstance(raw, dict):
         return raw
     out = copy.deepcopy(raw)
     for path, value in overrides:
+        if isinstance(value, IfUnset):
+            if get_path(out, path, _MISSING) is _MISSING:
+                set_path(out, path, value.value)
+            continue
         set_path(out, path, value)
     return out

@@ -487,3 +487,30 @@ def test_paper_switch_values_are_defaults_of_the_identity():
                 compressors.get("hts").Options, compressors.get("snip").Options):
         for field, values in switches.table(cls).items():
             assert set(values) == {"paper", "official"}, (cls, field)
+
+
+def test_the_official_command_line_runs_the_official_behaviour_unless_the_file_says(make_config, tmp_path, capsys):
+    """Issue 21 item 3: ``--experiment pbt --params_path`` resolves general.compat to 'official' unless the file
+    sets it; a plain ``run`` keeps 'paper'; every run prints its mode and config.json records it."""
+    import json
+
+    from main import main
+    from runspec import RunSpec
+
+    plain = make_config("plain", **{"training.num_steps": 1, "training.max_batches": 1})
+    chosen = make_config("chosen", **{"training.num_steps": 1, "training.max_batches": 1, "general.compat": "paper",
+                                      "general.seed": 1})
+    results = tmp_path / "res"
+
+    def recorded(cfg, **over) -> str:
+        spec = RunSpec.load(cfg, overrides=list(over.items()))
+        return json.loads((spec.run_dir(results) / "config.json").read_text())["general"]["compat"]
+
+    assert main(["--experiment", "pbt", "--params_path", str(plain), "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "general.compat is 'official' in every config that does not set it" in out and "compat: official" in out
+    assert recorded(plain, **{"general.compat": "official"}) == "official"
+    assert main(["--experiment", "pbt", "--params_path", str(chosen), "--results", str(results)]) == 0
+    assert "compat: paper" in capsys.readouterr().out and recorded(chosen) == "paper"
+    assert main(["run", str(plain), "--results", str(results)]) == 0
+    assert "compat: paper" in capsys.readouterr().out and recorded(plain) == "paper"

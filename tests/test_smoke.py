@@ -83,3 +83,14 @@ def test_run_set_and_max_batches_are_checked_recorded_and_part_of_the_identity(m
         with pytest.raises(SystemExit) as stop:
             main(args + bad)
         assert stop.value.code == 2
+
+
+def test_an_if_unset_override_applies_only_where_the_config_is_silent_and_survives_json() -> None:
+    from runspec.paths import IfUnset, apply_overrides, override_from_json, override_to_json
+
+    raw = {"general": {"seed": 3}}
+    out = apply_overrides(raw, [("general.compat", IfUnset("official")), ("general.seed", IfUnset(9))])
+    assert out == {"general": {"seed": 3, "compat": "official"}} and raw == {"general": {"seed": 3}}
+    sent = json.loads(json.dumps([[p, override_to_json(v)] for p, v in [("general.compat", IfUnset("official"))]]))
+    assert [(p, override_from_json(v)) for p, v in sent] == [("general.compat", IfUnset("official"))]
+    assert override_from_json({"a": 1}) == {"a": 1}  # an ordinary object value stays one
