@@ -7,7 +7,7 @@
 #   existing predictor there is reused.  The autosparse configs of grid/ name that file.
 # Then the grid runs on 2 local workers into results/digits_compare (completed runs are skipped, failed
 # ones are recorded as failed and listed with their reason), the report goes to reports/digits_compare,
-# and its tables (table.md, table_connectivity.md), issues.csv and the accuracy figure are copied into
+# and its tables (table.md, table_connectivity.md) and issues.csv are copied into
 # docs/figures/digits_compare/.
 # Run from anywhere:  bash exp_configs/digits_compare/make.sh [PYTHON]
 set -euo pipefail
@@ -74,5 +74,4 @@ stamp "grid done"
 "$PY" main.py report "$RES" --out "$REPORT" --sweep "$GRID" --sparsity 0.99
 mkdir -p "$DOCS"
 cp "$REPORT/table.md" "$REPORT/table_connectivity.md" "$REPORT/issues.csv" "$DOCS/"
-cp "$REPORT/figures/acc_vs_sparsity_digits_digits_cnn.png" "$DOCS/acc_vs_sparsity.png"
 stamp "report in $REPORT; tables in $DOCS"
