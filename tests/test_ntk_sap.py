@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from synaptic_flow_layers import MaskedConv2d, MaskedLinear  # the authors' masked layers
 from torch import nn
 
 import compressors
@@ -23,24 +23,6 @@ SEED = 1234
 
 
 # ------------------------------------------------------------------------------ the authors' code, written here
-class MaskedConv2d(nn.Conv2d):
-    """``Layers/layers.py`` ``Conv2d``: a ``weight_mask`` buffer multiplied into the weight at every forward."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones(self.weight.shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight_mask * self.weight, self.bias)
-
-
-class MaskedLinear(nn.Linear):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones(self.weight.shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_mask * self.weight, self.bias)
 
 
 def network(conv=nn.Conv2d, linear=nn.Linear) -> nn.Module:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from synaptic_flow_layers import MaskedConv2d, MaskedLinear  # the authors' masked layers
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -20,26 +21,7 @@ import compressors
 from compressors import kept_count, prunable_names, select
 from utils.schema import ConfigError
 
-
 # ------------------------------------------------------------------------------ the authors' code, written here
-class MaskedConv2d(nn.Conv2d):
-    """``lib/layers.py`` ``Conv2d``: a ``weight_mask`` buffer multiplied into the weight at every forward."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones(self.weight.shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.weight_mask * self.weight, self.bias)
-
-
-class MaskedLinear(nn.Linear):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.register_buffer("weight_mask", torch.ones(self.weight.shape))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight_mask * self.weight, self.bias)
 
 
 class Net(nn.Module):

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from datafiles import write_image_tree
 
 import data
-from datafiles import write_image_tree
 from data import LoaderSettings, MaskDataSettings, build_loaders, smoke_eval_loaders
 from main import main
 from runspec import RunSpec
