@@ -35,7 +35,7 @@ from engine.run import LoopSettings, Run
 from runspec import RunSpec
 from runspec.config import CompressorConfig, ExperimentConfig, ModelConfig
 from runspec.folder import Files, RunFolder, mask_indices_record
-from runspec.spec import class_count_problem
+from runspec.spec import class_count_problem, model_build_options
 from runspec.training import build_optimizer, build_scheduler
 from utils import distributed
 from utils.environment import environment
@@ -118,7 +118,8 @@ def num_classes(cfg: ExperimentConfig, loaders: data.Loaders) -> int:
 def build_model(model: ModelConfig, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
     """The network of ``model.class`` with ``model.options``: the one model factory of a run (its initial
     network, the reinit ablation's fresh one).  Seeding is the caller's."""
-    return models.build(model.name, num_classes=num_classes, input_shape=tuple(input_shape), **model.options)
+    return models.build(model.name, num_classes=num_classes, input_shape=tuple(input_shape),
+                        **model_build_options(model))
 
 
 def initial_model(cfg: ExperimentConfig, num_classes: int, input_shape: Sequence[int]) -> nn.Module:

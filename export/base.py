@@ -36,6 +36,7 @@ import data
 import models
 from runspec import RunSpec
 from runspec.folder import Files, RunFolder, results_root
+from runspec.spec import model_build_options
 from utils.io import IntegrityError, load_torch, read_json
 from utils.schema import ConfigError
 
@@ -130,7 +131,7 @@ def model_inputs(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                               f"'{cfg.dataset.name}' cannot be read to find it: {exc}") from None
         num_classes, input_shape = num_classes or splits.num_classes, input_shape or splits.input_shape
     return {"class": cfg.model.name, "num_classes": int(num_classes), "input_shape": [int(v) for v in input_shape],
-            "options": dict(cfg.model.options)}
+            "options": model_build_options(cfg.model)}
 
 
 def load_run(path: str | Path, results: str | Path | None = None) -> LoadedRun:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models import register
@@ -61,8 +62,11 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     def __init__(self, block: type[nn.Module], num_blocks: Sequence[int], num_classes: int = 10,
-                 in_channels: int = 3) -> None:
+                 in_channels: int = 3, pooling: str = "adaptive") -> None:
         super().__init__()
+        if pooling not in ("adaptive", "official"):
+            raise ValueError(f"pooling must be 'adaptive' or 'official', got {pooling!r}")
+        self.pooling = pooling
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -83,6 +87,8 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        if self.pooling == "official":  # the official code's F.avg_pool2d(out, 4): the whole 4x4 map at 32x32
+            return self.linear(torch.flatten(F.avg_pool2d(out, out.shape[-2:]), 1))
         return self.linear(torch.flatten(self.pool(out), 1))
 
 
@@ -98,8 +104,9 @@ def register_resnets(depths: dict[str, tuple[type[nn.Module], tuple[int, ...]]],
 
 def _builder(name: str, block: type[nn.Module], blocks: tuple[int, ...], default_classes: int,
              default_shape: tuple[int, ...], doc: str) -> Callable[..., nn.Module]:
-    def builder(num_classes: int = default_classes, input_shape: Sequence[int] = default_shape) -> nn.Module:
-        return ResNet(block, blocks, num_classes=num_classes, in_channels=input_shape[0])
+    def builder(num_classes: int = default_classes, input_shape: Sequence[int] = default_shape,
+                pooling: str = "adaptive") -> nn.Module:
+        return ResNet(block, blocks, num_classes=num_classes, in_channels=input_shape[0], pooling=pooling)
 
     builder.__name__ = name.lower()
     builder.__doc__ = doc.format(name=name, blocks=blocks, block=block.__name__)

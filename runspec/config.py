@@ -103,6 +103,14 @@ class ModelConfig:
     name: str = option("digits_cnn", "registered model", key="class")
     num_classes: Optional[int] = option(None, "output classes (default: from the dataset)", min=1)
     options: dict[str, Any] = option(factory=dict, help="model-specific keyword arguments")
+    pooling: Optional[Literal["adaptive", "official"]] = option(
+        None, "global pooling of the models that take a 'pooling' option (the CIFAR and TinyImageNet ResNets of "
+              "models/resnet.py): 'adaptive' (nn.AdaptiveAvgPool2d(1)) or 'official' (F.avg_pool2d over the whole "
+              "final map, the official code's F.avg_pool2d(out, 4) at 32x32: logits differ by up to 3e-7, training "
+              "trajectories part after a few steps); for other models, which have one pooling, it resolves to "
+              "'adaptive'; null: as general.compat says")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {"pooling": {"paper": "adaptive", "official": "official"}}
 
 
 @dataclass

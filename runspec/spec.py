@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 from pathlib import Path
@@ -47,6 +48,20 @@ from utils.schema import (
     parse_collect,
     to_dict,
 )
+
+
+def model_build_options(model: Any) -> dict[str, Any]:
+    """The keyword arguments that build the network of ``model`` (a resolved :class:`ModelConfig`):
+    ``model.options``, plus ``pooling`` for the builders that take it when it is not their default
+    (the one place a run, its export and its compact model get the same network from)."""
+    options = dict(model.options)
+    pooling = getattr(model, "pooling", None)
+    if pooling not in (None, "adaptive") and "pooling" not in options:
+        builder = models.get(model.name)
+        if "pooling" in inspect.signature(builder).parameters:
+            options["pooling"] = pooling
+    return options
+
 
 # Experiments (trainers/) register here: the specification needs their options, the trainers need the spec.
 EXPERIMENTS: Registry[type] = Registry("experiment", plugins="trainers")
@@ -357,8 +372,10 @@ def _resolve(cfg: ExperimentConfig, sections: dict[str, Any], problems: list[Pro
     switches.resolve(out.dataset, mode, official() if callable(official) else {})
     switches.resolve(out, mode)
     _check_num_classes(cfg, ds_cls, problems)
-    if _lookup(models.get, cfg.model.name, "model.class", problems) is not None:
+    if (builder := _lookup(models.get, cfg.model.name, "model.class", problems)) is not None:
         out.model.name = models.REGISTRY.canonical(cfg.model.name)
+        if "pooling" not in inspect.signature(builder).parameters:
+            out.model.pooling = "adaptive"  # one pooling: the switch does not apply (nor enter the identity)
     comp = out.training.compressor
     comp_cls = _lookup(compressors.get, comp.name, "training.compressor.class", problems)
     comp_opts = _options(comp_cls, comp.options, "training.compressor.options", problems)

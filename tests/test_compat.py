@@ -514,3 +514,33 @@ def test_the_official_command_line_runs_the_official_behaviour_unless_the_file_s
     assert "compat: paper" in capsys.readouterr().out and recorded(chosen) == "paper"
     assert main(["run", str(plain), "--results", str(results)]) == 0
     assert "compat: paper" in capsys.readouterr().out and recorded(plain) == "paper"
+
+
+def test_compat_official_uses_the_official_pooling_op_bit_for_bit(make_config) -> None:
+    """Issue 21 item 2: the official CIFAR ResNet ends with F.avg_pool2d(out, 4); under compat official ours does
+    (its logits equal that op's bit for bit), under paper it keeps nn.AdaptiveAvgPool2d(1), and the run
+    identity of paper runs is unchanged by the new switch."""
+    import torch.nn.functional as F
+
+    from engine.assemble import build_model
+    from runspec import RunSpec
+
+    def official_forward(net, x):  # the official ResNet.forward, written from its code
+        out = torch.relu(net.bn1(net.conv1(x)))
+        out = net.layer4(net.layer3(net.layer2(net.layer1(out))))
+        return net.linear(F.avg_pool2d(out, 4).view(out.size(0), -1))
+
+    paper = RunSpec.load(make_config("p", **{"model": {"class": "resnet18"}}))
+    official = RunSpec.load(make_config("o", **{"model": {"class": "resnet18"}, "general.compat": "official"}))
+    assert (paper.config.model.pooling, official.config.model.pooling) == ("adaptive", "official")
+    explicit = RunSpec.load(make_config("e", **{"model": {"class": "resnet18", "pooling": "adaptive"}}))
+    assert explicit.hash() == paper.hash()  # a switch at its paper value is a default: identities unchanged
+    torch.manual_seed(0)
+    ours = build_model(official.config.model, 10, (3, 32, 32)).eval()
+    torch.manual_seed(0)
+    plain = build_model(paper.config.model, 10, (3, 32, 32)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), official_forward(ours, x))
+        assert torch.allclose(plain(x), official_forward(plain, x), atol=1e-6)  # the two ops agree up to rounding
+    assert ours.pooling == "official" and plain.pooling == "adaptive"
