@@ -240,14 +240,25 @@ def hessian_vector_product(model: nn.Module, names: Sequence[str], loader: Itera
 
 
 def grasp_hg(model: nn.Module, names: Sequence[str], loader: Iterable, loss_fn: LossFn, *,
-             temperature: float = 200.0, chunk_size: int = DEFAULT_CHUNK) -> tuple[Tensors, Tensors]:
+             temperature: float = 200.0, chunk_size: int = DEFAULT_CHUNK,
+             redraw: bool = False) -> tuple[Tensors, Tensors]:
     """GraSP's ``(g, H g)``: ``g = sum_b grad ell_b`` and ``H g`` with H the Hessian of ``sum_b ell_b``,
     both with logits / T and w.r.t. the named weights.
 
     When all mask samples fit in one chunk, ``g`` is taken with ``create_graph`` and the same graph gives
     ``H g`` (one forward and one first backward instead of two of each; the reference code runs a
     separate gradient pass).  Otherwise a first pass sums ``g`` over the chunks, and a second computes
-    ``H g`` chunk by chunk (``g`` must be complete before any ``H g`` term)."""
+    ``H g`` chunk by chunk (``g`` must be complete before any ``H g`` term).
+
+    ``redraw``: ``g`` and ``H g`` each come from their own pass over ``loader`` (iterated twice, so a
+    shuffling, augmenting mask loader gives the second pass other batches), as the official code's two loops
+    ``GRASP_Mask_First`` / ``GRASP_Mask_Second`` do."""
+    if redraw:
+        g = summed_gradient(model, names, batches_on(loader, model_device(model)), loss_fn, temperature=temperature,
+                            chunk_size=chunk_size)
+        hg = hessian_vector_product(model, names, batches_on(loader, model_device(model)), loss_fn, g,
+                                    temperature=temperature, chunk_size=chunk_size)
+        return g, hg
     batches = _as_batches(model, loader)
     chunks = chunk_batches([y.shape[0] for _, y in batches], chunk_size)
     if len(chunks) > 1:

@@ -544,3 +544,89 @@ def test_compat_official_uses_the_official_pooling_op_bit_for_bit(make_config) -
         assert torch.equal(ours(x), official_forward(ours, x))
         assert torch.allclose(plain(x), official_forward(plain, x), atol=1e-6)  # the two ops agree up to rounding
     assert ours.pooling == "official" and plain.pooling == "adaptive"
+
+
+class Redrawing:
+    """A mask loader that, like the official shuffled and augmented one, gives other batches on every pass."""
+
+    def __init__(self, draws: list) -> None:
+        self.draws, self.passes = draws, 0
+
+    def __iter__(self):
+        batches = self.draws[self.passes % len(self.draws)]
+        self.passes += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return len(self.draws[0])
+
+
+def test_grasp_and_hts_draw_the_mask_data_again_for_each_pass_under_compat_official(monkeypatch):
+    """Issue 21 item 1: the official GraSP (its loops GRASP_Mask_First / _Second) and HTS (its 'HTS: grad pass'
+    after the Hutchinson pass) iterate the mask loader afresh for each pass; ``redraw`` (official) does the same,
+    paper mode takes every quantity from the same batches."""
+    model = tiny_model()
+    first, second = mask_batches(12, 4), [(x.flip(0) * 0.5, y.flip(0)) for x, y in mask_batches(12, 4)]
+    second = [(torch.randn_like(x), y) for x, y in second]  # another draw: other images (augmentation)
+    # the official GraSP written from its code: g over the first pass, Hg over the second
+    ref_model = copy.deepcopy(model).eval()
+    params = dict(ref_model.named_parameters())
+    ref_model.zero_grad()
+    for x, y in first:
+        F.cross_entropy(ref_model(x), y).backward()
+    g = {n: p.grad.clone() for n, p in params.items()}
+    ref_model.zero_grad()
+    for x, y in second:
+        gf = torch.autograd.grad(F.cross_entropy(ref_model(x), y), list(params.values()), create_graph=True)
+        sum((a * g[n]).sum() for n, a in zip(params, gf)).backward()
+    s = {n: -p.detach() * p.grad for n, p in params.items()}
+    total = abs(sum(float(v.sum()) for v in s.values()))
+    ref = {n: v / total for n, v in s.items()}
+    spec = official_spec("grasp")
+    assert spec.config.training.compressor.options["redraw"] is True
+    comp = spec.config.training.compressor
+    names = prunable_names(comp, model)
+    loader = Redrawing([first, second])
+    scores = build_criterion(comp).score(model, loader, nn.CrossEntropyLoss(), params=names, sparsity=SPARSITY)
+    assert loader.passes == 2
+    for n in names:
+        scale = float(ref[n].abs().max()) or 1.0
+        torch.testing.assert_close(scores[n], ref[n], rtol=1e-4, atol=1e-5 * scale)
+    same = build_criterion(official_spec("grasp", redraw=False).config.training.compressor).score(
+        model, Redrawing([first, second]), nn.CrossEntropyLoss(), params=names, sparsity=SPARSITY)
+    assert any(not torch.allclose(same[n], ref[n], rtol=1e-3, atol=1e-6) for n in names)  # the redraw matters
+    assert compressors.build("grasp").options.redraw is False  # paper: one set of batches
+
+    # HTS: the Hutchinson pass sees the first draw, the gradient pass the second (official order)
+    import compressors.criteria.hutchinson as hutchinson_module
+
+    seen = []
+    real = hutchinson_module.hutchinson_diagonal
+
+    def recording(model, names, loader, loss_fn, **kw):  # the Hutchinson pass: record what it was given
+        batches = list(loader)
+        seen.append([x for x, _ in batches])
+        return real(model, names, batches, loss_fn, **kw)
+
+    monkeypatch.setattr(hutchinson_module, "hutchinson_diagonal", recording)
+    hts = build_criterion(official_spec("hts", seed=5).config.training.compressor)  # the same probes below
+    assert hts.options.redraw is True
+    loader = Redrawing([first, second])
+    got = hts.score(model, loader, nn.CrossEntropyLoss(), params=names, sparsity=SPARSITY)
+    assert loader.passes == 2 and all(torch.equal(a, b) for a, b in zip(seen[0], [x for x, _ in first]))
+    res = real(model, list(dict.fromkeys([n for n, _ in model.named_parameters()] + names)), first,
+               nn.CrossEntropyLoss(), probes=hts.options.probes,
+               generator=compressors.options.estimator_generator(hts.options.seed, torch.device("cpu")),
+               temperature=hts.options.temperature, chunk_size=hts.options.chunk_size)
+    grad_model = copy.deepcopy(model).eval()  # the official 'HTS: grad pass': mean over the second pass
+    gparams = dict(grad_model.named_parameters())
+    gbar = {n: torch.zeros_like(p) for n, p in gparams.items()}
+    for x, y in second:
+        grad_model.zero_grad()
+        F.cross_entropy(grad_model(x) / hts.options.temperature, y).backward()
+        for n, p in gparams.items():
+            gbar[n] += p.grad.detach()
+    for n in names:
+        p = gparams[n].detach()
+        want = (p * gbar[n] / len(second) + 0.5 * p ** 2 * res.diag[n]).abs()
+        torch.testing.assert_close(got[n], want, rtol=1e-4, atol=1e-6 * (float(want.abs().max()) or 1.0))

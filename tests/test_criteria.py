@@ -23,10 +23,11 @@ ALL = ["none", "random", "magnitude", "grad_norm", "snip", "grasp", "synflow", "
 OPTIONS = {
     "none": set(), "magnitude": set(), "random": {"seed"}, "synflow": {"rounds", "schedule", "rounds_select"},
     "grad_norm": {"chunk_size"}, "snip": {"chunk_size", "normalise_over"}, "fisher_diag": {"chunk_size"},
-    "fisher_pruner": {"chunk_size"}, "fts": {"chunk_size"}, "grasp": {"chunk_size", "temperature", "keep", "wrt"},
+    "fisher_pruner": {"chunk_size"}, "fts": {"chunk_size"},
+    "grasp": {"chunk_size", "temperature", "keep", "wrt", "redraw"},
     "hutch_diag": {"chunk_size", "temperature", "probes", "seed", "probe_params"},
     "hutch_pruning": {"chunk_size", "temperature", "probes", "seed", "probe_params"},
-    "hts": {"chunk_size", "temperature", "probes", "seed", "probe_params"},
+    "hts": {"chunk_size", "temperature", "probes", "seed", "probe_params", "redraw"},
 }
 
 

@@ -24,10 +24,17 @@ class GraspOptions(ChunkOptions):
         None, "what g, H and the normalising sum run over: 'weights' (every Conv/Linear weight, classifier "
               "included) or 'all' (every parameter: BN, biases too; the official code); null: as general.compat says")
 
+    redraw: Optional[bool] = option(
+        None, "g and Hg from two passes over the mask loader, each drawing the mask data afresh (a new shuffle "
+              "and augmentation where the mask loader has them: compressor.mask_order / mask_transform), as the "
+              "official code's two loops; false: both from the same batches (one pass when they fit in one chunk); "
+              "null: as general.compat says")
+
     COMPAT: ClassVar[dict[str, dict[str, Any]]] = {
         "temperature": {"paper": 200.0, "official": 1.0},
         "keep": {"paper": "lowest", "official": "highest"},
         "wrt": {"paper": "weights", "official": "all"},
+        "redraw": {"paper": False, "official": True},
     }
 
 
@@ -54,7 +61,8 @@ class GraSP(Compressor):
         else:
             W = list(dict.fromkeys(prunable_names(model, include_classifier=True) + list(names)))
         params = dict(model.named_parameters())
-        _, hg = grasp_hg(model, W, mask_loader, loss_fn, temperature=o.temperature, chunk_size=o.chunk_size)
+        _, hg = grasp_hg(model, W, mask_loader, loss_fn, temperature=o.temperature, chunk_size=o.chunk_size,
+                         redraw=bool(o.redraw))
         S = {n: -params[n].detach() * hg[n] for n in W}
         norm = sum(s.sum() for s in S.values()).abs()
         sign = -1.0 if o.keep == "lowest" else 1.0

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal, Optional
 
 from compressors import register
 from compressors.base import Compressor, ScoreMap, model_device
-from compressors.estimators import HutchinsonResult, hutchinson_diagonal
+from compressors.estimators import HutchinsonResult, batches_on, hutchinson_diagonal, mean_gradient
 from compressors.options import ChunkOptions, estimator_generator
 from compressors.taylor import obd_saliency, taylor_sensitivity
 from utils.schema import option
@@ -76,11 +76,29 @@ class HutchPruning(_HutchinsonBase):
         return self._scored(obd_saliency(dict(model.named_parameters()), res.diag, names), res)
 
 
+@dataclass
+class HTSOptions(HutchinsonOptions):
+    redraw: Optional[bool] = option(
+        None, "ḡ_T from its own pass over the mask loader after the Hutchinson pass, drawing the mask data afresh "
+              "(a new shuffle and augmentation where the mask loader has them), as the official code's 'HTS: grad "
+              "pass'; false: ḡ_T from the Hutchinson pass's own batches; null: as general.compat says")
+
+    COMPAT: ClassVar[dict[str, dict[str, Any]]] = {**HutchinsonOptions.COMPAT,
+                                                   "redraw": {"paper": False, "official": True}}
+
+
 @register("hts")
 class HessianTaylorSensitivity(_HutchinsonBase):
-    """HTS: ``s = |θ ⊙ ḡ_T + ½ θ² ⊙ Ĥ|`` with ``ḡ_T = (1/B) Σ_b g_b`` at the same temperature T
-    (taken from the same per-batch passes as Ĥ)."""
+    """HTS: ``s = |θ ⊙ ḡ_T + ½ θ² ⊙ Ĥ|`` with ``ḡ_T = (1/B) Σ_b g_b`` at the same temperature T, taken from
+    the same per-batch passes as Ĥ, or (option ``redraw``, the official code) from a second pass of its own."""
+
+    Options = HTSOptions
 
     def compute(self, model, names, mask_loader, loss_fn, sparsity) -> ScoreMap:
+        o = self.options
         res = self._estimate(model, names, mask_loader, loss_fn)
-        return self._scored(taylor_sensitivity(dict(model.named_parameters()), res.mean_grad, res.diag, names), res)
+        grad = res.mean_grad
+        if o.redraw:
+            grad = mean_gradient(model, names, batches_on(mask_loader, model_device(model)), loss_fn,
+                                 temperature=o.temperature, chunk_size=o.chunk_size)
+        return self._scored(taylor_sensitivity(dict(model.named_parameters()), grad, res.diag, names), res)
