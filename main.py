@@ -83,7 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = overrides_of(args)
     if getattr(args, "official_form", False):
         print("official command line: general.compat is 'official' in every config that does not set it")
-    shown = [(p, v) for p, v in overrides if not getattr(v, "to_json", None)]
+    from runspec.paths import IfUnset
+
+    shown = [(p, v) for p, v in overrides if not isinstance(v, IfUnset)]
     if shown:
         print("overrides (part of each run's identity): " + ", ".join(f"{p}={json.dumps(v)}" for p, v in shown))
     if args.launcher == "slurm":

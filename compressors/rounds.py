@@ -67,6 +67,13 @@ def round_sparsities(sparsity: float, rounds: int, schedule: str = "exponential"
     return sparsity_schedule(sparsity, rounds, "geometric" if schedule == "exponential" else "equal")
 
 
+def lineage_settings(rounds_select: str) -> tuple[str, str]:
+    """(masking, rule) of :func:`run_rounds` for the criteria whose authors' code is Synaptic-Flow's prune loop
+    (NTK-SAP, PX): ``"kthvalue"`` is that loop (re-mask the dense weights, prune at the k-th value, ties
+    included), ``"exact"`` this project's (pruned weights stay out, exact counts)."""
+    return ("remask", "kthvalue") if rounds_select == "kthvalue" else ("keep_out", "exact")
+
+
 def round_mask(scores: torch.Tensor, sparsity: float, rule: str = "exact") -> torch.Tensor:
     """The boolean mask a round keeps out of the flat ``scores`` at ``sparsity`` under ``rule``."""
     n = scores.numel()

@@ -1,6 +1,6 @@
-"""The masked layers of Synaptic-Flow's ``Layers/layers.py``, which NTK-SAP's and PX's authors' code both build
-on, written once for the tests that reproduce those procedures (tests/test_ntk_sap.py, tests/test_px.py):
-a ``weight_mask`` buffer multiplied into the weight at every forward."""
+"""What NTK-SAP's and PX's authors' code both take from Synaptic-Flow, written once for the tests that reproduce
+those procedures (tests/test_ntk_sap.py, tests/test_px.py): the masked layers of ``Layers/layers.py`` (a
+``weight_mask`` buffer multiplied into the weight at every forward) and ``Pruner._global_mask``."""
 
 from __future__ import annotations
 
@@ -29,3 +29,14 @@ class MaskedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight_mask * self.weight, self.bias)
+
+
+def global_mask(pairs, scores, sparsity: float) -> None:
+    """``Pruner._global_mask``: ``sparsity`` is their density; every score at or below the k-th smallest is
+    pruned (ties included)."""
+    global_scores = torch.cat([torch.flatten(v) for v in scores])
+    k = int((1.0 - sparsity) * global_scores.numel())
+    if not k < 1:
+        threshold, _ = torch.kthvalue(global_scores, k)
+        for (mask, _), score in zip(pairs, scores):
+            mask.copy_(torch.where(score <= threshold, torch.tensor([0.0]), torch.tensor([1.0])))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synaptic_flow_layers import MaskedConv2d, MaskedLinear  # the authors' masked layers
+from synaptic_flow_layers import MaskedConv2d, MaskedLinear, global_mask  # the authors' masked layers
 from torch import nn
 
 import compressors
@@ -110,16 +110,6 @@ def authors_score(model, dataloader, draws, epsilon: float, R: int) -> list[torc
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1
     return scores
-
-
-def global_mask(pairs, scores, sparsity: float) -> None:
-    """``Pruner._global_mask``: ``sparsity`` is their density."""
-    global_scores = torch.cat([torch.flatten(v) for v in scores])
-    k = int((1.0 - sparsity) * global_scores.numel())
-    if not k < 1:
-        threshold, _ = torch.kthvalue(global_scores, k)
-        for (mask, _), score in zip(pairs, scores):
-            mask.copy_(torch.where(score <= threshold, torch.tensor([0.0]), torch.tensor([1.0])))
 
 
 def authors_prune_loop(model, dataloader, draws, density: float, schedule: str, epochs: int, epsilon: float,

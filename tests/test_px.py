@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from synaptic_flow_layers import MaskedConv2d, MaskedLinear  # the authors' masked layers
+from synaptic_flow_layers import MaskedConv2d, MaskedLinear, global_mask  # the authors' masked layers
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
@@ -135,15 +135,6 @@ def authors_px_score(model, loader) -> list[torch.Tensor]:
     with torch.no_grad():
         return [torch.clone(p1.grad.abs() * p.pow(2))
                 for (_, p), (_, p1) in zip(masked_parameters(model), masked_parameters(pk_model))]
-
-
-def global_mask(pairs, scores, sparsity: float) -> None:
-    global_scores = torch.cat([torch.flatten(v) for v in scores])
-    k = int((1.0 - sparsity) * global_scores.numel())
-    if not k < 1:
-        threshold, _ = torch.kthvalue(global_scores, k)
-        for (mask, _), score in zip(pairs, scores):
-            mask.copy_(torch.where(score <= threshold, torch.tensor([0.0]), torch.tensor([1.0])))
 
 
 def authors_rounds(model, loader, weight_remaining_ratio: float, rounds: int) -> list[torch.Tensor]:

@@ -22,7 +22,7 @@ from torch.func import functional_call
 from compressors import register
 from compressors.base import Compressor, ScoreMap
 from compressors.options import SeedOptions, estimator_generator
-from compressors.rounds import Round, round_sparsities, run_rounds
+from compressors.rounds import Round, lineage_settings, round_sparsities, run_rounds
 from utils.schema import option
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -174,7 +174,7 @@ class NTKSAP(Compressor):
                         total[n] += g
             return {n: (total[n] * r.masks[n]).abs() for n in names}
 
-        masking, rule = ("remask", "kthvalue") if o.rounds_select == "kthvalue" else ("keep_out", "exact")
+        masking, rule = lineage_settings(o.rounds_select)
         result = run_rounds(score, {n: params[n].shape for n in names},
                             round_sparsities(sparsity, o.rounds, o.schedule), masking=masking, rule=rule,
                             dtype=first.dtype, device=first.device, desc=f"{self.name} rounds")

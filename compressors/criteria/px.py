@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from compressors import register
 from compressors.base import Compressor, ScoreMap, classifier_name
-from compressors.rounds import BatchStream, Round, round_sparsities, run_rounds
+from compressors.rounds import BatchStream, Round, lineage_settings, round_sparsities, run_rounds
 from utils.schema import option
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
@@ -187,7 +187,7 @@ class PX(Compressor):
             grads = px_gradient(model, names, masks, stream.take(o.batches))
             return {n: grads[n].abs() * params[n].detach().square() for n in names}
 
-        masking, rule = ("remask", "kthvalue") if o.rounds_select == "kthvalue" else ("keep_out", "exact")
+        masking, rule = lineage_settings(o.rounds_select)
         result = run_rounds(score, {n: params[n].shape for n in names}, round_sparsities(sparsity, o.rounds),
                             masking=masking, rule=rule, dtype=first.dtype, device=first.device,
                             desc=f"{self.name} rounds")

@@ -33,6 +33,21 @@ def positive_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tens
     return state
 
 
+def path_gradients(model: nn.Module, names: list[str], masks: dict[str, torch.Tensor], input_shape: tuple[int, ...],
+                   dtype: torch.dtype, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
+                                                                            tuple[torch.Tensor | None, ...], bool]:
+    """The pass SynFlow and SynFlow-L2 share: ``R = Σ f(1; state)`` for one all-ones input, the scored tensors
+    masked (``state[n] ⊙ m``), through ``functional_call`` in ``dtype`` (the model is not modified).  Returns
+    the masked scored tensors (detached), ``∂R/∂`` each of them (None where unused) and whether R is finite."""
+    device = next(iter(masks.values())).device
+    state = dict(state)
+    weights = {n: (state[n] * masks[n]).requires_grad_(True) for n in names}
+    state.update(weights)
+    R = functional_call(model, state, (torch.ones((1, *input_shape), dtype=dtype, device=device),)).sum()
+    grads = torch.autograd.grad(R, [weights[n] for n in names], allow_unused=True)
+    return {n: w.detach() for n, w in weights.items()}, grads, bool(torch.isfinite(R))
+
+
 def synflow_scores(model: nn.Module, names: list[str], masks: dict[str, torch.Tensor], input_shape: tuple[int, ...],
                    dtype: torch.dtype, state: dict[str, torch.Tensor] | None = None,
                    out: dict[str, torch.Tensor] | None = None) -> tuple[Scores, bool]:
@@ -41,22 +56,18 @@ def synflow_scores(model: nn.Module, names: list[str], masks: dict[str, torch.Te
     ``dtype`` through ``functional_call`` (the model itself is not modified).  Scores are written into
     ``out`` when given (tensors shaped like the weights).  Returns the scores and whether R is finite (the
     caller checks the scores)."""
-    device = next(iter(masks.values())).device
-    state = dict(state if state is not None else positive_state(model, dtype))
-    weights = {n: (state[n] * masks[n]).requires_grad_(True) for n in names}
-    state.update(weights)
-    R = functional_call(model, state, (torch.ones((1, *input_shape), dtype=dtype, device=device),)).sum()
-    grads = torch.autograd.grad(R, [weights[n] for n in names], allow_unused=True)
+    state = state if state is not None else positive_state(model, dtype)
+    weights, grads, finite = path_gradients(model, names, masks, input_shape, dtype, state)
     scores = {}
     for n, g in zip(names, grads):
-        w = weights[n].detach()
+        w = weights[n]
         dst = out[n] if out is not None else torch.empty_like(w)
         if g is None:
             dst.zero_()
         else:
             torch.mul(w, g, out=dst).abs_()
         scores[n] = dst
-    return scores, bool(torch.isfinite(R))
+    return scores, finite
 
 
 @dataclass

@@ -8,10 +8,9 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from compressors import register
-from compressors.criteria.synflow import SynFlow
+from compressors.criteria.synflow import SynFlow, path_gradients
 from compressors.masks import Scores
 from compressors.rounds import round_sparsities
 from utils.schema import option
@@ -41,13 +40,8 @@ def synflow_l2_scores(model: nn.Module, names: list[str], masks: dict[str, torch
     output of the squared network (``state``, :func:`squared_state`) for one all-ones input; computed in
     ``dtype`` through ``functional_call`` (the model is not modified).  Returns the scores (written into
     ``out`` when given) and whether R is finite."""
-    device = next(iter(masks.values())).device
     params = dict(model.named_parameters())
-    state = dict(state)
-    weights = {n: (state[n] * masks[n]).requires_grad_(True) for n in names}
-    state.update(weights)
-    R = functional_call(model, state, (torch.ones((1, *input_shape), dtype=dtype, device=device),)).sum()
-    grads = torch.autograd.grad(R, [weights[n] for n in names], allow_unused=True)
+    weights, grads, finite = path_gradients(model, names, masks, input_shape, dtype, state)
     scores = {}
     for n, g in zip(names, grads):
         dst = out[n] if out is not None else torch.empty_like(weights[n])
@@ -56,7 +50,7 @@ def synflow_l2_scores(model: nn.Module, names: list[str], masks: dict[str, torch
         else:
             torch.mul(params[n].detach().to(dtype).abs(), g.abs(), out=dst).mul_(masks[n])
         scores[n] = dst
-    return scores, bool(torch.isfinite(R))
+    return scores, finite
 
 
 @dataclass
